@@ -1,0 +1,146 @@
+"""Model metadata: the one description every artifact (.pt, .onnx, .plan sidecar) carries.
+
+It says how the network must be fed (plane size, context slices, HU window, normalisation) and what it
+returns (class names), so that a model is never run on inputs it was not trained for.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ._version import __version__
+
+CLASS_NAMES = ("background", "liver", "tumor")
+NORMALISATIONS = ("window01",)
+PRECISIONS = ("fp32", "fp16", "int8")
+SCHEMA_VERSION = 1
+ONNX_METADATA_KEY = "resunet_trt"
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """How a model is fed and what it returns.
+
+    Attributes:
+        plane_size: (h, w) of the network input plane.
+        context: K, the number of neighbouring slices stacked as channels (odd).
+        window: (lo, hi) HU window; voxels are clipped to it and scaled to [0, 1].
+        normalisation: how windowed HU become network input; only ``"window01"``.
+        class_names: output channel names, background first.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        model_config: the constructor arguments of the network (width, depth...).
+        versions: library versions at the time the artifact was written.
+        extra: free-form additions (training summary, metrics, ...), JSON-serialisable.
+    """
+
+    plane_size: tuple[int, int] = (256, 256)
+    context: int = 3
+    window: tuple[float, float] = (-200.0, 250.0)
+    normalisation: str = "window01"
+    class_names: tuple[str, ...] = CLASS_NAMES
+    precision: str = "fp32"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["plane_size"] = list(self.plane_size)
+        d["window"] = list(self.window)
+        d["class_names"] = list(self.class_names)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "metadata") -> ModelMetadata:
+        """Build from a dict, with an error naming ``source`` when fields are missing or wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: model metadata must be a JSON object, got {type(d).__name__}")
+        required = ("plane_size", "context", "window", "class_names")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"{source}: model metadata lacks {', '.join(missing)}")
+        schema = int(d.get("schema", SCHEMA_VERSION))
+        if schema > SCHEMA_VERSION:
+            raise ValueError(
+                f"{source}: metadata schema {schema} is newer than this resunet-trt understands "
+                f"({SCHEMA_VERSION}); upgrade resunet-trt"
+            )
+        try:
+            return cls(
+                plane_size=(int(d["plane_size"][0]), int(d["plane_size"][1])),
+                context=int(d["context"]),
+                window=(float(d["window"][0]), float(d["window"][1])),
+                normalisation=str(d.get("normalisation", "window01")),
+                class_names=tuple(str(c) for c in d["class_names"]),
+                precision=str(d.get("precision", "fp32")),
+                model_config=dict(d.get("model_config", {})),
+                versions={str(k): str(v) for k, v in dict(d.get("versions", {})).items()},
+                extra=dict(d.get("extra", {})),
+                schema=schema,
+            )
+        except (TypeError, IndexError, KeyError) as exc:
+            raise ValueError(f"{source}: malformed model metadata ({exc})") from exc
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "metadata") -> ModelMetadata:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{source}: model metadata is not valid JSON ({exc})") from exc
+        return cls.from_dict(d, source=source)
+
+    def with_precision(self, precision: str) -> ModelMetadata:
+        """A copy with another precision (export variants)."""
+        d = self.to_dict()
+        d["precision"] = precision
+        return ModelMetadata.from_dict(d)
+
+    def check_compatible(self, other: ModelMetadata, *, what: str = "model") -> None:
+        """Raise ValueError when ``other`` would be fed differently from ``self``."""
+        for key in ("plane_size", "context", "window", "normalisation", "class_names"):
+            a, b = getattr(self, key), getattr(other, key)
+            if a != b:
+                raise ValueError(f"{what}: {key} differs ({a!r} != {b!r})")
+
+
+def validate(m: ModelMetadata) -> None:
+    """Check field values; raise ValueError naming the field."""
+    h, w = m.plane_size
+    if h <= 0 or w <= 0:
+        raise ValueError(f"plane_size must be positive, got {m.plane_size}")
+    if m.context < 1 or m.context % 2 == 0:
+        raise ValueError(f"context must be an odd number >= 1, got {m.context}")
+    lo, hi = m.window
+    if not lo < hi:
+        raise ValueError(f"window must be (lo, hi) with lo < hi, got {m.window}")
+    if m.normalisation not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {m.normalisation!r}")
+    if m.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {m.precision!r}")
+    if len(m.class_names) < 2:
+        raise ValueError(f"class_names needs at least 2 entries, got {m.class_names}")
+
+
+def current_versions() -> dict[str, str]:
+    """Versions worth recording in an artifact (only the libraries already imported, to stay cheap)."""
+    import sys
+
+    out = {"resunet_trt": __version__, "python": sys.version.split()[0]}
+    for name in ("numpy", "torch", "onnx", "onnxruntime", "tensorrt"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            out[name] = str(getattr(mod, "__version__", "unknown"))
+    return out
