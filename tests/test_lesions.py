@@ -88,7 +88,9 @@ def test_diameter_matches_brute_force_on_random_masks(seed):
     shape = (3, int(rng.integers(1, 40)), int(rng.integers(1, 40)))
     mask = rng.random(shape) < rng.uniform(0.05, 0.9)
     spacing = (2.0, float(rng.uniform(0.3, 2.0)), float(rng.uniform(0.3, 2.0)))
-    assert longest_axial_diameter_mm(mask, spacing) == pytest.approx(_brute_force_diameter(mask, spacing), rel=1e-12)
+    assert longest_axial_diameter_mm(mask, spacing) == pytest.approx(
+        _brute_force_diameter(mask, spacing), rel=1e-12
+    )
 
 
 def test_diameter_matches_brute_force_on_real_tumors(lits_small):
