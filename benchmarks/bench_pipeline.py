@@ -1,0 +1,214 @@
+"""Whole-pipeline benchmark: int16 CT volume in memory -> labels + lesion report in memory, per stage.
+
+A synthetic abdominal phantom (default 400 x 512 x 512, LiTS size) goes through :class:`resunet_trt.Segmenter`
+``--repeats`` times after one warm-up; the median of each stage (upload, preprocess, infer, decode,
+postprocess, download) and of the in-memory total is reported with slices/s. Reading the CT from a .nii.gz
+and writing the mask are measured separately (they depend on the disk and the gzip codec, not on the
+pipeline), with nibabel's own gzip and, when ``resunet_trt.io`` offers one, its fast codec.
+
+Goals (issue 5): 2-core CPU with ONNX Runtime INT8 <= 60 s in memory; H100/H200 with PyTorch fp16 <= 1 s with
+pre- and postprocessing <= 10% of it.
+
+Examples::
+
+    nice -n 10 python benchmarks/bench_pipeline.py --device cpu --model python/resunet_trt/models/default/model.int8.onnx
+    python benchmarks/bench_pipeline.py --device cuda --backend torch --repeats 5
+    python benchmarks/bench_pipeline.py --device cpu --shape 64,256,256 --repeats 1   # quick look
+
+Results go to benchmarks/results/pipeline_<device>.json (with machine, versions and build flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEVICE_STAGES = ("upload", "preprocess", "infer", "decode", "postprocess", "download")
+GOALS_S = {"cpu": 60.0, "cuda": 1.0}
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"--shape must be D,H,W with positive integers, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    parts = [float(p) for p in text.split(",") if p.strip()]
+    if len(parts) != 3 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"--spacing must be dz,dy,dx in mm, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def _gpu_name() -> str | None:
+    try:
+        import cupy as cp
+
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # noqa: BLE001 - no GPU, no name
+        return None
+
+
+def bench_files(volume: Any, labels: np.ndarray, workdir: Path) -> dict[str, Any]:
+    """Time reading the CT from .nii.gz and writing the mask, with nibabel's gzip and io's fast codec if any."""
+    import nibabel as nib
+    from resunet_trt import io
+
+    out: dict[str, Any] = {}
+    ct_path = workdir / "phantom_ct.nii.gz"
+    # The phantom as a file: (D, H, W) -> NIfTI (x, y, z) = (W, H, D) reversed, RAS affine from the volume.
+    t0 = time.perf_counter()
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(volume.hu.transpose(2, 1, 0)), _xyz_affine(volume)), ct_path)
+    out["ct_write_nibabel_s"] = time.perf_counter() - t0
+    out["ct_file_mb"] = ct_path.stat().st_size / 1e6
+
+    t0 = time.perf_counter()
+    loaded = io.load_ct(ct_path)
+    out["read_s"] = time.perf_counter() - t0
+    if loaded.hu.shape != volume.hu.shape:
+        raise RuntimeError(f"read back {loaded.hu.shape}, wrote {volume.hu.shape}")
+
+    t0 = time.perf_counter()
+    io.save_mask(workdir / "phantom_mask.nii.gz", labels, like=loaded)
+    out["write_s"] = time.perf_counter() - t0
+    out["mask_file_mb"] = (workdir / "phantom_mask.nii.gz").stat().st_size / 1e6
+
+    codec = getattr(io, "FAST_GZIP", None) or getattr(io, "fast_gzip_available", None)
+    out["io_fast_gzip"] = codec() if callable(codec) else codec
+    return out
+
+
+def _xyz_affine(volume: Any) -> np.ndarray:
+    """Affine of the (x, y, z) = (w, h, d) array from the volume's (d, h, w) affine."""
+    a = np.asarray(volume.affine, dtype=np.float64)
+    return a[:, [2, 1, 0, 3]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch")
+    parser.add_argument("--model", default=None, help="model file; default: the bundled model")
+    parser.add_argument("--shape", type=_shape, default=(400, 512, 512), help="phantom D,H,W (default 400,512,512)")
+    parser.add_argument("--spacing", type=_spacing, default=(2.5, 0.75, 0.75), help="dz,dy,dx mm")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-files", action="store_true", help="skip the .nii.gz read/write timing")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/pipeline_<device>.json)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from resunet_trt.config import build_info, machine_info, versions
+    from resunet_trt.io import CTVolume
+    from resunet_trt.phantom import make_phantom
+    from resunet_trt.segmenter import Segmenter
+
+    t0 = time.perf_counter()
+    ct, _ = make_phantom(shape=args.shape, spacing=args.spacing, seed=args.seed)
+    t_phantom = time.perf_counter() - t0
+    volume = CTVolume.from_array(ct, spacing=args.spacing)
+    depth = volume.hu.shape[0]
+    print(f"phantom {tuple(volume.hu.shape)} int16 at {args.spacing} mm in {t_phantom:.1f} s")
+
+    seg = Segmenter(model=args.model, device=args.device, backend=args.backend, batch_size=args.batch_size)
+    device_kind = "cuda" if seg.device.startswith("cuda") else "cpu"
+    print(f"{seg!r}, precision {seg.metadata.precision}, plane {tuple(seg.metadata.plane_size)}")
+
+    # Warm-up on a few slabs: session/engine initialisation, CUDA context, memory pools.
+    warm = CTVolume.from_array(ct[: min(depth, 2 * args.batch_size)], spacing=args.spacing)
+    seg.segment(warm)
+
+    runs: list[dict[str, float]] = []
+    result = None
+    for i in range(args.repeats):
+        t0 = time.perf_counter()
+        result = seg.segment(volume)
+        report = result.to_report()
+        total = time.perf_counter() - t0
+        stages = {k: float(result.timings.get(k, 0.0)) for k in DEVICE_STAGES}
+        stages["total_in_memory"] = total
+        runs.append(stages)
+        print(
+            f"run {i + 1}/{args.repeats}: {total:.2f} s ({depth / total:.1f} slices/s), "
+            + ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if k != "total_in_memory")
+            + f"; {report['lesion_count']} lesions"
+        )
+    assert result is not None
+    median = {k: _median([r[k] for r in runs]) for k in runs[0]}
+    total = median["total_in_memory"]
+    pre_post = median["preprocess"] + median["decode"] + median["postprocess"]
+    goal = GOALS_S[device_kind]
+
+    files: dict[str, Any] = {}
+    if not args.no_files:
+        with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
+            files = bench_files(volume, result.labels, Path(tmp))
+        print(
+            f"files: read .nii.gz {files['read_s']:.2f} s ({files['ct_file_mb']:.0f} MB), "
+            f"write mask {files['write_s']:.2f} s ({files['mask_file_mb']:.1f} MB)"
+        )
+
+    print(
+        f"median in memory: {total:.2f} s = {depth / total:.1f} slices/s "
+        f"(goal <= {goal:.0f} s on {device_kind}: {total / goal:.2f}x of the budget); "
+        f"pre/decode/post {pre_post:.2f} s = {100 * pre_post / total:.1f}%"
+    )
+
+    record = {
+        "benchmark": "pipeline",
+        "shape_dhw": list(volume.hu.shape),
+        "spacing_mm": list(args.spacing),
+        "segmenter": {
+            "backend": seg.backend.name,
+            "device": seg.device,
+            "model": args.model or "bundled default",
+            "precision": seg.metadata.precision,
+            "plane_size": list(seg.metadata.plane_size),
+            "batch_size": args.batch_size,
+        },
+        "repeats": args.repeats,
+        "median_s": median,
+        "runs": runs,
+        "slices_per_s": depth / total,
+        "pre_post_fraction": pre_post / total,
+        "goal_s": goal,
+        "goal_met": total <= goal,
+        "files": files,
+        "lesions_found": len(result.lesions),
+        "gpu": _gpu_name() if device_kind == "cuda" else None,
+        "machine": machine_info(),
+        "versions": versions(),
+        "build": build_info(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    }
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"pipeline_{device_kind}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + ".tmp")
+    tmp_out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp_out, out)
+    print(f"wrote {out}")
+    seg.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

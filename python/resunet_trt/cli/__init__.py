@@ -1,0 +1,1 @@
+"""Command-line entry points: resunet-seg, resunet-bench, resunet-build, resunet-eval."""

@@ -1,0 +1,162 @@
+"""``resunet-seg``: segment CT files and folders, write masks, lesion reports and overlays.
+
+Examples::
+
+    resunet-seg case.nii.gz -o out/
+    resunet-seg 'data/*.nii.gz' dicom_series_dir/ -o out/ --overlay --device cpu
+    resunet-seg data/ -o out/ --model model.int8.onnx --batch-size 32
+
+A folder holding NIfTI files is expanded to those files; any other folder is read as one DICOM series. For each
+case ``<case>_mask.nii.gz`` (uint8 in the input's geometry), ``<case>_report.json`` and, with ``--overlay``,
+``<case>_overlay.png`` are written into the output folder. A case that fails is reported and skipped; the exit
+code is 1 when any case failed, 2 for bad arguments or when no input was found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def expand_inputs(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Turn files, folders and glob patterns into the list of cases.
+
+    A folder with NIfTI files gives its NIfTI files (sorted); a folder without gives itself (a DICOM series).
+    A glob gives its matches, expanded the same way. A name that matches nothing is returned as missing.
+
+    Returns:
+        (cases in the order given, without duplicates; specs that matched nothing).
+    """
+    cases: list[Path] = []
+    missing: list[str] = []
+    seen: set[str] = set()
+
+    def add(p: Path) -> None:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            cases.append(p)
+
+    for spec in specs:
+        if glob.has_magic(spec):
+            matches = sorted(glob.glob(spec, recursive=True))
+            if not matches:
+                missing.append(spec)
+            paths = [Path(m) for m in matches]
+        else:
+            paths = [Path(spec)]
+        for p in paths:
+            if p.is_dir():
+                niftis = sorted(c for c in p.iterdir() if c.is_file() and _is_nifti(c))
+                for c in niftis or [p]:
+                    add(c)
+            else:
+                # A missing file stays a case, so that it is reported as failed beside the others.
+                add(p)
+    return cases, missing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resunet-seg",
+        description="Liver and liver-tumor segmentation of CT volumes (NIfTI files, DICOM series folders).",
+    )
+    parser.add_argument("inputs", nargs="+", help="NIfTI files, DICOM series folders, folders of NIfTI, globs")
+    parser.add_argument("-o", "--out", "--output", dest="out", required=True, help="output folder")
+    parser.add_argument("--model", default=None, help="model file (.pt, .onnx, .plan); default: the bundled model")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "tensorrt", "onnxruntime", "torch"),
+        help="inference backend (default: auto)",
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per network batch (default: 16)")
+    parser.add_argument("--min-lesion-voxels", type=int, default=10, help="smaller tumor components become liver")
+    parser.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
+    parser.add_argument(
+        "--report", action=argparse.BooleanOptionalAction, default=True, help="write <case>_report.json"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return parser
+
+
+def _summary(outcomes: list, out: Path) -> str:
+    """A plain-text table: one line per case."""
+    rows = [("case", "status", "liver mL", "tumor mL", "lesions", "seconds", "detail")]
+    for o in outcomes:
+        if o.ok and o.result is not None:
+            r = o.result
+            rows.append(
+                (
+                    str(o.path),
+                    "ok",
+                    f"{r.liver_volume_ml:.1f}",
+                    f"{r.tumor_volume_ml:.1f}",
+                    str(len(r.lesions)),
+                    f"{r.timings.get('total', 0.0) + r.timings.get('write', 0.0):.2f}",
+                    o.outputs["mask"].name,
+                )
+            )
+        else:
+            rows.append((str(o.path), "FAILED", "-", "-", "-", "-", (o.error or "").replace("\n", " ")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+    failed = sum(not o.ok for o in outcomes)
+    lines.append(f"{len(outcomes) - failed} of {len(outcomes)} cases segmented, {failed} failed; outputs in {out}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 all ok, 1 a case failed, 2 bad usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.min_lesion_voxels < 0:
+        parser.error(f"--min-lesion-voxels must be >= 0, got {args.min_lesion_voxels}")
+    cases, missing = expand_inputs(args.inputs)
+    for spec in missing:
+        print(f"resunet-seg: {spec}: no file matches", file=sys.stderr)
+    if not cases:
+        print("resunet-seg: no input to segment", file=sys.stderr)
+        return 2
+
+    from ..segmenter import Segmenter
+
+    try:
+        segmenter = Segmenter(
+            model=args.model,
+            device=args.device,
+            backend=args.backend,
+            batch_size=args.batch_size,
+            min_lesion_voxels=args.min_lesion_voxels,
+            progress=not args.no_progress,
+        )
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
+        print(f"resunet-seg: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    with segmenter:
+        outcomes = segmenter.segment_files(cases, out, overlay=args.overlay, report=args.report)
+    print(_summary(outcomes, out))
+    return 1 if missing or any(not o.ok for o in outcomes) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,659 @@
+"""The pipeline: a CT volume in, liver and tumor labels, lesion statistics and timings out.
+
+One volume flows through the same steps on both devices::
+
+    CTVolume hu int16 (D, H, W)
+      -> kernels.preprocess      one slab of ``batch_size`` slices at a time -> (N, K, h, w)
+      -> backend.infer           -> logits (N, C, h, w)
+      -> kernels.logits_to_labels -> uint8 (N, H, W), written into the label volume
+      -> kernels.postprocess     largest liver component, tumor inside it, small lesions dropped
+      -> kernels.lesion_stats    per-lesion numbers -> report.build_lesions
+
+On the CPU the slabs bound the memory: only the label volume and one slab of network input and logits
+exist beside the CT. On a GPU the int16 volume goes up once, in slabs through two pinned host buffers on a
+copy stream, so that the upload of the next slab overlaps the compute of this one (events order the two
+streams); preprocessing, inference, decoding and postprocessing run on our compute stream, and the labels
+come down once. GPU memory is the int16 volume, the labels and one slab of network input and logits,
+whatever the number of slices.
+
+Typical use::
+
+    from resunet_trt import Segmenter
+
+    seg = Segmenter(device="auto")
+    result = seg.segment("case.nii.gz")
+    print(result.liver_volume_ml, len(result.lesions))
+    seg.segment_files(["a.nii.gz", "dicom_dir/"], "out/", overlay=True)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .io import CTVolume
+    from .report import Lesion
+
+logger = logging.getLogger(__name__)
+
+#: Stage names of :attr:`Result.timings`, in pipeline order.
+STAGES = ("read", "upload", "preprocess", "infer", "decode", "postprocess", "download", "write")
+
+_DEVICE_RE = re.compile(r"cuda(?::(\d+))?")
+
+
+# --------------------------------------------------------------------------------------------------
+# Small pure helpers
+# --------------------------------------------------------------------------------------------------
+def slabs(depth: int, batch_size: int) -> list[tuple[int, int]]:
+    """Split ``depth`` slices into consecutive ``[start, stop)`` slabs of at most ``batch_size`` slices.
+
+    Args:
+        depth: number of slices D (>= 0).
+        batch_size: slices per slab (>= 1).
+
+    Returns:
+        list of (start, stop) pairs covering ``range(depth)`` in order.
+    """
+    return [(s, min(depth, s + batch_size)) for s in range(0, depth, batch_size)]
+
+
+def slab_upload_needs(depth: int, batch_size: int, halo: int) -> list[int]:
+    """For each compute slab, the last upload chunk it reads (preprocess needs ``halo`` slices past its end).
+
+    Upload chunks and compute slabs are the same ``batch_size`` slices; preprocessing slab ``[s, e)`` reads
+    slices up to ``e - 1 + halo`` (clamped to the volume), so it must wait for the chunk holding that slice.
+
+    Args:
+        depth: number of slices D.
+        batch_size: slices per slab and per upload chunk.
+        halo: neighbouring slices each side a network input stacks (``context // 2``).
+
+    Returns:
+        list, one entry per slab, of upload chunk indices.
+    """
+    return [min(depth - 1, stop - 1 + halo) // batch_size for _, stop in slabs(depth, batch_size)]
+
+
+def cuda_status(index: int = 0) -> tuple[bool, str]:
+    """Whether the GPU path can run on CUDA device ``index``, and if not, why.
+
+    Needs a CUDA build of the compiled core, a CUDA device with that index, and CuPy.
+
+    Returns:
+        (usable, reason); reason is empty when usable.
+    """
+    try:
+        from . import _core
+    except ImportError as exc:
+        return False, f"the compiled core is not importable ({exc})"
+    if not _core.built_with_cuda:
+        return False, "resunet_trt was built without CUDA"
+    count = int(_core.cuda_device_count())
+    if count == 0:
+        return False, "no CUDA device is visible"
+    if index >= count:
+        return False, f"CUDA device {index} does not exist ({count} visible)"
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return False, "CuPy is not installed (pip install cupy-cuda13x)"
+    return True, ""
+
+
+def resolve_device(device: str) -> str:
+    """Turn a device request into ``"cpu"`` or ``"cuda:N"``.
+
+    ``"auto"`` picks ``cuda:0`` when a CUDA build, a GPU and CuPy are present, else the CPU, and logs the
+    choice. An explicit ``"cuda"``/``"cuda:N"`` that cannot run here is an error with the reason, never a
+    silent fallback.
+
+    Raises:
+        TypeError: ``device`` is not a string.
+        ValueError: ``device`` is not one of the accepted spellings.
+        RuntimeError: CUDA was requested but is not usable.
+    """
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str ('auto', 'cpu', 'cuda' or 'cuda:N'), got {type(device).__name__}")
+    req = device.strip().lower()
+    if req == "cpu":
+        return "cpu"
+    if req == "auto":
+        ok, reason = cuda_status(0)
+        if ok:
+            logger.info("device='auto': using cuda:0")
+            return "cuda:0"
+        logger.info("device='auto': using the CPU (%s)", reason)
+        return "cpu"
+    match = _DEVICE_RE.fullmatch(req)
+    if match is None:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    index = int(match.group(1) or 0)
+    ok, reason = cuda_status(index)
+    if not ok:
+        raise RuntimeError(f"device={device!r} was requested but CUDA cannot be used here: {reason}")
+    return f"cuda:{index}"
+
+
+def case_name(path: str | os.PathLike[str]) -> str:
+    """Name of a case from its file or folder: ``/x/liver_3.nii.gz`` -> ``liver_3``, ``/x/series/`` -> ``series``."""
+    name = Path(path).name or Path(path).resolve().name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".gz"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = np.dtype(dtype).name
+    if name not in ("float16", "float32"):
+        raise RuntimeError(f"backend wants input dtype {name}; only float16 and float32 are supported")
+    return name
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    """What :meth:`Segmenter.segment` returns for one volume.
+
+    Attributes:
+        labels: uint8 (D, H, W), 0 background, 1 liver, 2 tumor, in the grid of :attr:`volume` (the canonical
+            orientation; ``io.save_mask(path, labels, like=volume)`` writes it in the file's own geometry).
+        volume: the CTVolume that was segmented.
+        lesions: one :class:`resunet_trt.report.Lesion` per tumor component, largest first.
+        liver_volume_ml: volume of liver including tumor (labels >= 1), mL.
+        tumor_volume_ml: volume of tumor (label 2), mL.
+        tumor_burden: tumor volume / liver volume (0.0 when there is no liver).
+        timings: seconds per stage, keys :data:`STAGES` (stages that did not run are 0.0); on a GPU the
+            device stages come from CUDA events and the upload overlaps the compute, so their sum can exceed
+            the wall time, which is in ``timings["total"]``.
+        info: backend name, device, model precision, batch size.
+    """
+
+    labels: np.ndarray
+    volume: CTVolume
+    lesions: list[Lesion]
+    liver_volume_ml: float
+    tumor_volume_ml: float
+    tumor_burden: float
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_report(self) -> dict[str, Any]:
+        """The JSON-ready lesion report of this case (see :func:`resunet_trt.report.build_report`)."""
+        from .report import build_report
+
+        return build_report(self)
+
+
+@dataclass
+class FileOutcome:
+    """The fate of one input of :meth:`Segmenter.segment_files`.
+
+    Attributes:
+        path: the input as given.
+        ok: True when the mask (and the requested report/overlay) were written.
+        error: the reason it failed (names the file), else None.
+        outputs: kind (``"mask"``, ``"report"``, ``"overlay"``) -> written path.
+        result: the Result, or None when the case failed.
+    """
+
+    path: Path
+    ok: bool
+    error: str | None = None
+    outputs: dict[str, Path] = field(default_factory=dict)
+    result: Result | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# The segmenter
+# --------------------------------------------------------------------------------------------------
+class Segmenter:
+    """Liver and tumor segmentation of CT volumes with one model on one device.
+
+    Configure once, then call :meth:`segment`, :meth:`segment_batch` or :meth:`segment_files`.
+
+    Args:
+        model: model file (.pt, .onnx or .plan), or None for the bundled default model.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (see :func:`resolve_device`).
+        backend: ``"auto"``, ``"tensorrt"``, ``"onnxruntime"`` or ``"torch"`` (see
+            :func:`resunet_trt.backends.open_backend`).
+        batch_size: slices per slab (network batch); bounds the memory of the network input and logits.
+        min_lesion_voxels: tumor components smaller than this become liver.
+        connectivity: 6, 18 or 26, for the liver and lesion components.
+        progress: show progress bars (slabs within a volume, cases in :meth:`segment_files`).
+
+    Raises:
+        TypeError/ValueError: a bad argument, named.
+        RuntimeError: CUDA requested but not usable here.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        backend: str = "auto",
+        batch_size: int = 16,
+        min_lesion_voxels: int = 10,
+        connectivity: int = 26,
+        progress: bool = False,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if (
+            isinstance(min_lesion_voxels, bool)
+            or not isinstance(min_lesion_voxels, (int, np.integer))
+            or min_lesion_voxels < 0
+        ):
+            raise ValueError(f"min_lesion_voxels must be an integer >= 0, got {min_lesion_voxels!r}")
+        if connectivity not in (6, 18, 26):
+            raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
+        if model is not None and not isinstance(model, (str, os.PathLike)):
+            raise TypeError(f"model must be a path or None, got {type(model).__name__}")
+        self.batch_size = int(batch_size)
+        self.min_lesion_voxels = int(min_lesion_voxels)
+        self.connectivity = int(connectivity)
+        self.progress = bool(progress)
+        self.device = resolve_device(device)
+
+        from .backends import open_backend
+
+        self.backend = open_backend(None if model is None else Path(model), backend=backend, device=self.device)
+        if self.backend.device.startswith("cuda") != self.device.startswith("cuda"):
+            self.backend.close()
+            raise RuntimeError(
+                f"backend {self.backend.name!r} opened on {self.backend.device}, but device {self.device} was asked"
+            )
+        self.metadata = self.backend.metadata
+        self._input_dtype = _dtype_name(self.backend.input_dtype)
+        logger.info(
+            "Segmenter: backend %s on %s, precision %s, plane %s, context %d, batch %d",
+            self.backend.name,
+            self.device,
+            self.metadata.precision,
+            tuple(self.metadata.plane_size),
+            self.metadata.context,
+            self.batch_size,
+        )
+
+    # -- lifetime ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the backend (engine, session, device memory)."""
+        self.backend.close()
+
+    def __enter__(self) -> Segmenter:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Segmenter(backend={self.backend.name!r}, device={self.device!r}, batch_size={self.batch_size}, "
+            f"min_lesion_voxels={self.min_lesion_voxels}, connectivity={self.connectivity})"
+        )
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def _as_volume(self, item: Any, spacing: Sequence[float] | None) -> tuple[CTVolume, float]:
+        """Turn a path, CTVolume or bare array into a CTVolume; returns it and the read time in seconds."""
+        from .io import CTVolume, load_ct
+
+        if isinstance(item, (str, os.PathLike)):
+            if spacing is not None:
+                raise ValueError(f"spacing is only for bare arrays; {os.fspath(item)!r} carries its own")
+            t0 = time.perf_counter()
+            try:
+                volume = load_ct(item)
+            except (OSError, ValueError, TypeError, RuntimeError) as exc:
+                raise _name_file(exc, item) from exc
+            return _checked_volume(volume, os.fspath(item)), time.perf_counter() - t0
+        if isinstance(item, CTVolume):
+            if spacing is not None:
+                raise ValueError("spacing is only for bare arrays; a CTVolume carries its own")
+            return _checked_volume(item, "volume"), 0.0
+        if isinstance(item, np.ndarray) or hasattr(item, "__array__"):
+            if spacing is None:
+                raise ValueError(
+                    "spacing is required for a bare array: segment(array, spacing=(dz, dy, dx)) in mm"
+                )
+            arr = np.asarray(item)
+            if arr.ndim != 3:
+                raise ValueError(f"item must be a 3D array (D, H, W), got shape {arr.shape}")
+            if arr.dtype.kind not in "iuf" or arr.dtype.itemsize > 8:
+                raise TypeError(f"item must hold integer or float HU values, got dtype {arr.dtype}")
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise ValueError("item contains NaN or Inf values; a CT volume must be finite")
+            sp = _checked_spacing(spacing)
+            return _checked_volume(CTVolume.from_array(arr, spacing=sp), "array"), 0.0
+        raise TypeError(
+            f"item must be a path, a CTVolume or a (D, H, W) array with spacing, got {type(item).__name__}"
+        )
+
+    # -- public API -------------------------------------------------------------------------------
+    def segment(self, item: Any, *, spacing: Sequence[float] | None = None) -> Result:
+        """Segment one CT volume.
+
+        Args:
+            item: a NIfTI file or DICOM series folder, a :class:`resunet_trt.io.CTVolume`, or a bare
+                (D, H, W) array of HU values (then ``spacing`` is required).
+            spacing: (dz, dy, dx) in mm, only for bare arrays.
+
+        Returns:
+            the :class:`Result`; ``labels`` are (D, H, W) uint8 in the volume's canonical grid.
+
+        Raises:
+            ValueError/TypeError: bad input (a file's errors name the file).
+            RuntimeError: a backend or CUDA failure.
+        """
+        t_start = time.perf_counter()
+        volume, t_read = self._as_volume(item, spacing)
+        timings = dict.fromkeys(STAGES, 0.0)
+        timings["read"] = t_read
+        if self.device.startswith("cuda"):
+            labels, lesions, counts = self._run_gpu(volume, timings)
+        else:
+            labels, lesions, counts = self._run_cpu(volume, timings)
+        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+        liver_ml = counts[0] * voxel_ml
+        tumor_ml = counts[1] * voxel_ml
+        timings["total"] = time.perf_counter() - t_start
+        return Result(
+            labels=labels,
+            volume=volume,
+            lesions=lesions,
+            liver_volume_ml=liver_ml,
+            tumor_volume_ml=tumor_ml,
+            tumor_burden=tumor_ml / liver_ml if liver_ml > 0 else 0.0,
+            timings=timings,
+            info={
+                "backend": self.backend.name,
+                "device": self.backend.device,
+                "precision": self.metadata.precision,
+                "plane_size": list(self.metadata.plane_size),
+                "context": int(self.metadata.context),
+                "window": list(self.metadata.window),
+                "batch_size": self.batch_size,
+                "min_lesion_voxels": self.min_lesion_voxels,
+                "connectivity": self.connectivity,
+            },
+        )
+
+    def segment_batch(self, items: Iterable[Any]) -> list[Result]:
+        """Segment several volumes (paths, CTVolumes); errors propagate (see :meth:`segment_files` to skip)."""
+        return [self.segment(item) for item in items]
+
+    def segment_files(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        out_dir: str | os.PathLike[str],
+        *,
+        overlay: bool = False,
+        report: bool = True,
+    ) -> list[FileOutcome]:
+        """Segment files and write ``<case>_mask.nii.gz`` (+ ``_report.json``, ``_overlay.png``) into ``out_dir``.
+
+        A case that fails (unreadable, not a CT, a failed write) is logged and recorded with its reason; the
+        others go on. Every output is written atomically, so a failure leaves no partial file. Two inputs with
+        the same case name get ``_2``, ``_3``... suffixes.
+
+        Args:
+            paths: NIfTI files and DICOM series folders.
+            out_dir: output folder (created when missing).
+            overlay: also write a PNG overlay per case.
+            report: also write the JSON lesion report per case.
+
+        Returns:
+            one :class:`FileOutcome` per input, in order.
+        """
+        from .io import save_mask
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        items = [Path(p) for p in paths]
+        names: dict[str, int] = {}
+        outcomes: list[FileOutcome] = []
+        bar = _progress(items, enabled=self.progress, desc="cases", unit="case")
+        for path in bar:
+            name = case_name(path)
+            names[name] = names.get(name, 0) + 1
+            if names[name] > 1:
+                name = f"{name}_{names[name]}"
+            outcome = FileOutcome(path=path, ok=False)
+            try:
+                result = self.segment(path)
+                t0 = time.perf_counter()
+                mask_path = out / f"{name}_mask.nii.gz"
+                save_mask(mask_path, result.labels, like=result.volume)
+                outcome.outputs["mask"] = mask_path
+                if report:
+                    from .report import write_report
+
+                    rep = result.to_report()
+                    rep["case"] = name
+                    report_path = out / f"{name}_report.json"
+                    write_report(report_path, rep)
+                    outcome.outputs["report"] = report_path
+                if overlay:
+                    from .overlay import write_overlay
+
+                    overlay_path = out / f"{name}_overlay.png"
+                    write_overlay(overlay_path, result, window=tuple(self.metadata.window))
+                    outcome.outputs["overlay"] = overlay_path
+                result.timings["write"] = time.perf_counter() - t0
+                outcome.ok, outcome.result = True, result
+            except Exception as exc:  # noqa: BLE001 - one bad case must not stop the others
+                outcome.error = str(_name_file(exc, path))
+                logger.error("%s", outcome.error)
+            outcomes.append(outcome)
+        return outcomes
+
+    # -- CPU path ---------------------------------------------------------------------------------
+    def _run_cpu(self, volume: CTVolume, timings: dict[str, float]) -> tuple[np.ndarray, list, tuple[int, int]]:
+        from . import kernels
+        from .report import build_lesions
+
+        meta = self.metadata
+        hu = volume.hu
+        depth, height, width = hu.shape
+        labels = np.empty((depth, height, width), dtype=np.uint8)
+        for start, stop in _progress(slabs(depth, self.batch_size), enabled=self.progress, desc="slabs", leave=False):
+            t0 = time.perf_counter()
+            batch = kernels.preprocess(
+                hu,
+                window=tuple(meta.window),
+                out_size=tuple(meta.plane_size),
+                context=meta.context,
+                dtype=self._input_dtype,
+                start=start,
+                stop=stop,
+            )
+            t1 = time.perf_counter()
+            logits = self.backend.infer(batch)
+            t2 = time.perf_counter()
+            labels[start:stop] = kernels.logits_to_labels(logits, out_size=(height, width))
+            t3 = time.perf_counter()
+            timings["preprocess"] += t1 - t0
+            timings["infer"] += t2 - t1
+            timings["decode"] += t3 - t2
+        t0 = time.perf_counter()
+        labels = kernels.postprocess(
+            labels, min_lesion_voxels=self.min_lesion_voxels, connectivity=self.connectivity
+        )
+        stats = kernels.lesion_stats(labels, connectivity=self.connectivity)
+        lesions = build_lesions(stats, volume=volume, labels=labels, connectivity=self.connectivity)
+        liver_voxels = int(np.count_nonzero(labels))
+        tumor_voxels = int(sum(les.voxels for les in lesions))
+        timings["postprocess"] = time.perf_counter() - t0
+        return labels, lesions, (liver_voxels, tumor_voxels)
+
+    # -- GPU path ---------------------------------------------------------------------------------
+    def _run_gpu(self, volume: CTVolume, timings: dict[str, float]) -> tuple[np.ndarray, list, tuple[int, int]]:
+        import cupy as cp
+
+        from . import kernels
+        from .report import build_lesions
+
+        meta = self.metadata
+        hu = np.ascontiguousarray(volume.hu)
+        depth, height, width = hu.shape
+        bs = self.batch_size
+        plan = slabs(depth, bs)
+        needs = slab_upload_needs(depth, bs, meta.context // 2)
+        slice_bytes = height * width * hu.itemsize
+        device_index = int(self.device.split(":")[1])
+
+        with cp.cuda.Device(device_index):
+            compute = cp.cuda.Stream(non_blocking=True)
+            copy = cp.cuda.Stream(non_blocking=True)
+            with compute:  # CuPy's pool keeps blocks per stream: allocate where they will be used and freed
+                d_hu = cp.empty((depth, height, width), dtype=cp.int16)
+                d_labels = cp.empty((depth, height, width), dtype=cp.uint8)
+            # Two pinned staging buffers: the host fills one while the copy engine drains the other.
+            pinned = [cp.cuda.alloc_pinned_memory(bs * slice_bytes) for _ in range(2)]
+            staging = [np.frombuffer(p, dtype=np.int16, count=bs * height * width) for p in pinned]
+            copied: list[Any] = []  # event per upload chunk, recorded on the copy stream
+            upload_events: list[tuple[Any, Any]] = []
+            host_staging_s = 0.0
+
+            def enqueue_upload(chunk: int) -> None:
+                nonlocal host_staging_s
+                start, stop = plan[chunk]
+                n = stop - start
+                buf = chunk % 2
+                if chunk >= 2:
+                    copied[chunk - 2].synchronize()  # its staging buffer is free once that copy has run
+                t0 = time.perf_counter()
+                staging[buf][: n * height * width] = hu[start:stop].reshape(-1)
+                host_staging_s += time.perf_counter() - t0
+                begin, done = cp.cuda.Event(), cp.cuda.Event()
+                begin.record(copy)
+                d_hu[start:stop].data.copy_from_host_async(pinned[buf].ptr, n * slice_bytes, stream=copy)
+                done.record(copy)
+                copied.append(done)
+                upload_events.append((begin, done))
+
+            stage_events: list[tuple[Any, Any, Any, Any]] = []
+            t_wall = time.perf_counter()
+            for k, (start, stop) in enumerate(
+                _progress(plan, enabled=self.progress, desc="slabs", leave=False)
+            ):
+                # Queue uploads up to one chunk past what this slab reads, so the next copy overlaps compute.
+                while len(copied) <= min(len(plan) - 1, needs[k] + 1):
+                    enqueue_upload(len(copied))
+                compute.wait_event(copied[needs[k]])
+                with compute:
+                    e0, e1, e2, e3 = (cp.cuda.Event() for _ in range(4))
+                    e0.record(compute)
+                    batch = kernels.preprocess(
+                        d_hu,
+                        window=tuple(meta.window),
+                        out_size=tuple(meta.plane_size),
+                        context=meta.context,
+                        dtype=self._input_dtype,
+                        start=start,
+                        stop=stop,
+                    )
+                    e1.record(compute)
+                    logits = self.backend.infer(batch)
+                    e2.record(compute)
+                    d_labels[start:stop] = kernels.logits_to_labels(logits, out_size=(height, width))
+                    e3.record(compute)
+                    stage_events.append((e0, e1, e2, e3))
+                    del batch, logits
+            with compute:
+                d_hu = None  # the CT is no longer needed on the device; its memory serves postprocessing
+                p0, p1 = cp.cuda.Event(), cp.cuda.Event()
+                p0.record(compute)
+                d_post = kernels.postprocess(
+                    d_labels, min_lesion_voxels=self.min_lesion_voxels, connectivity=self.connectivity
+                )
+                del d_labels
+                stats = kernels.lesion_stats(d_post, connectivity=self.connectivity)
+                liver_voxels_d = cp.count_nonzero(d_post)
+                p1.record(compute)
+                labels = np.empty((depth, height, width), dtype=np.uint8)
+                t_down = time.perf_counter()
+                d_post.get(stream=compute, out=labels)
+                liver_voxels = int(liver_voxels_d.get(stream=compute))
+                compute.synchronize()
+                timings["download"] = time.perf_counter() - t_down
+            copy.synchronize()
+            t_device = time.perf_counter() - t_wall
+
+            for e0, e1, e2, e3 in stage_events:
+                timings["preprocess"] += cp.cuda.get_elapsed_time(e0, e1) / 1e3
+                timings["infer"] += cp.cuda.get_elapsed_time(e1, e2) / 1e3
+                timings["decode"] += cp.cuda.get_elapsed_time(e2, e3) / 1e3
+            timings["upload"] = host_staging_s + sum(
+                cp.cuda.get_elapsed_time(b, d) / 1e3 for b, d in upload_events
+            )
+            timings["postprocess"] = cp.cuda.get_elapsed_time(p0, p1) / 1e3
+            timings["device_wall"] = t_device
+            del d_post
+
+        t0 = time.perf_counter()
+        lesions = build_lesions(stats, volume=volume, labels=labels, connectivity=self.connectivity)
+        timings["postprocess"] += time.perf_counter() - t0
+        tumor_voxels = int(sum(les.voxels for les in lesions))
+        return labels, lesions, (liver_voxels, tumor_voxels)
+
+
+# --------------------------------------------------------------------------------------------------
+# Internals
+# --------------------------------------------------------------------------------------------------
+def _checked_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    try:
+        sp = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"spacing must be 3 numbers (dz, dy, dx) in mm, got {spacing!r}") from exc
+    if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
+        raise ValueError(f"spacing must be 3 positive finite numbers (dz, dy, dx) in mm, got {spacing!r}")
+    return sp  # type: ignore[return-value]
+
+
+def _checked_volume(volume: CTVolume, what: str) -> CTVolume:
+    """Reject volumes the pipeline cannot run on, naming ``what`` (the file or argument)."""
+    hu = volume.hu
+    if hu.ndim != 3:
+        raise ValueError(f"{what}: expected a 3D CT volume (D, H, W), got shape {hu.shape}")
+    if min(hu.shape) < 1:
+        raise ValueError(f"{what}: the CT volume is empty (shape {hu.shape})")
+    if hu.dtype != np.int16:
+        raise TypeError(f"{what}: CTVolume.hu must be int16 HU, got {hu.dtype}")
+    return volume
+
+
+def _name_file(exc: BaseException, path: str | os.PathLike[str]) -> BaseException:
+    """Make sure an error message names the file it is about."""
+    where = os.fspath(path)
+    message = str(exc)
+    if where in message or os.path.abspath(where) in message:
+        return exc
+    kind = type(exc) if isinstance(exc, (ValueError, TypeError, OSError, RuntimeError)) else RuntimeError
+    try:
+        return kind(f"{where}: {exc}")
+    except TypeError:  # an exception type with a special constructor
+        return RuntimeError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def _progress(items: Iterable[Any], *, enabled: bool, **kwargs: Any) -> Iterable[Any]:
+    if not enabled:
+        return items
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is optional
+        logger.warning("progress=True needs tqdm (pip install tqdm); continuing without a progress bar")
+        return items
+    return tqdm(items, **kwargs)

@@ -1,0 +1,120 @@
+"""``resunet-seg``: inputs expanded from files, folders and globs; bad cases skipped; outputs and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from resunet_trt.cli.seg import expand_inputs, main
+
+LITS_SMALL = Path(__file__).parent / "data" / "lits_small64" / "ct.nii.gz"
+
+
+@pytest.fixture()
+def cases(tmp_path) -> Path:
+    """A folder with two copies of the small real case."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (folder / name).write_bytes(LITS_SMALL.read_bytes())
+    return folder
+
+
+def _args(model, *extra):
+    return ["--model", str(model), "--backend", "torch", "--device", "cpu", "--no-progress", *extra]
+
+
+def test_expand_inputs_files_folders_globs(tmp_path):
+    nifti = tmp_path / "n"
+    nifti.mkdir()
+    for name in ("b.nii.gz", "a.nii", "notes.txt"):
+        (nifti / name).write_bytes(b"x")
+    dicom = tmp_path / "series"
+    dicom.mkdir()
+    (dicom / "1.dcm").write_bytes(b"x")
+    single = tmp_path / "c.nii.gz"
+    single.write_bytes(b"x")
+    cases, missing = expand_inputs(
+        [str(nifti), str(dicom), str(tmp_path / "*.nii.gz"), str(single), str(tmp_path / "nothing*.nii")]
+    )
+    # Folder of NIfTI -> its NIfTI files sorted; other folder -> one DICOM series; duplicates dropped.
+    assert cases == [nifti / "a.nii", nifti / "b.nii.gz", dicom, single]
+    assert missing == [str(tmp_path / "nothing*.nii")]
+
+
+def test_expand_inputs_keeps_a_missing_file_as_a_case(tmp_path):
+    cases, missing = expand_inputs([str(tmp_path / "gone.nii.gz")])
+    assert cases == [tmp_path / "gone.nii.gz"] and missing == []
+
+
+def test_all_good_cases_exit_zero_with_outputs(trained_checkpoint, cases, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main([str(cases), "-o", str(out), "--overlay", *_args(trained_checkpoint)])
+    assert code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        f"{c}_{kind}" for c in ("a", "b") for kind in ("mask.nii.gz", "report.json", "overlay.png")
+    )
+    report = json.loads((out / "a_report.json").read_text())
+    assert report["case"] == "a" and "lesions" in report and report["liver_volume_ml"] >= 0
+    printed = capsys.readouterr().out
+    assert "2 of 2 cases segmented, 0 failed" in printed
+
+
+def test_bad_file_is_reported_and_skipped(trained_checkpoint, cases, tmp_path, capsys):
+    bad = cases / "broken.nii.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    out = tmp_path / "out"
+    code = main([str(cases / "*.nii.gz"), "-o", str(out), *_args(trained_checkpoint)])
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["a_mask.nii.gz", "a_report.json", "b_mask.nii.gz", "b_report.json"]
+    )
+    printed = capsys.readouterr().out
+    assert "FAILED" in printed and str(bad) in printed
+    assert "2 of 3 cases segmented, 1 failed" in printed
+
+
+def test_no_report_writes_only_masks(trained_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    assert main([str(LITS_SMALL), "-o", str(out), "--no-report", *_args(trained_checkpoint)]) == 0
+    assert [p.name for p in out.iterdir()] == ["ct_mask.nii.gz"]
+
+
+def test_mask_written_by_the_cli_is_the_segmenters(trained_checkpoint, tmp_path):
+    import nibabel as nib
+    from resunet_trt.io import load_ct, load_label
+    from resunet_trt.segmenter import Segmenter
+
+    out = tmp_path / "out"
+    assert main([str(LITS_SMALL), "-o", str(out), "--min-lesion-voxels", "4", *_args(trained_checkpoint)]) == 0
+    with Segmenter(model=trained_checkpoint, device="cpu", backend="torch", min_lesion_voxels=4) as seg:
+        expected = seg.segment(LITS_SMALL).labels
+    written = load_label(out / "ct_mask.nii.gz", like=load_ct(LITS_SMALL))
+    np.testing.assert_array_equal(written, expected)
+    assert nib.load(out / "ct_mask.nii.gz").shape == nib.load(LITS_SMALL).shape
+
+
+def test_glob_matching_nothing_exits_two(trained_checkpoint, tmp_path, capsys):
+    code = main([str(tmp_path / "nothing*.nii.gz"), "-o", str(tmp_path / "out"), *_args(trained_checkpoint)])
+    assert code == 2
+    assert "no file matches" in capsys.readouterr().err
+
+
+def test_unusable_device_is_a_clean_error(tmp_path, capsys):
+    from resunet_trt.segmenter import cuda_status
+
+    if cuda_status(0)[0]:
+        pytest.skip("CUDA is usable here")
+    code = main([str(LITS_SMALL), "-o", str(tmp_path / "out"), "--device", "cuda", "--no-progress"])
+    assert code == 2
+    assert "CUDA" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [["--batch-size", "0"], ["--min-lesion-voxels", "-1"], ["--backend", "tpu"]])
+def test_bad_arguments_exit_two(tmp_path, bad):
+    with pytest.raises(SystemExit) as info:
+        main([str(LITS_SMALL), "-o", str(tmp_path / "out"), *bad])
+    assert info.value.code == 2

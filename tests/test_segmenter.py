@@ -1,0 +1,482 @@
+"""The Segmenter end to end on the real CT: geometry, orientation, DICOM == NIfTI, bad inputs, atomic outputs.
+
+The model is the tiny checkpoint trained on lits117_roi128 (tests/model_fixtures.py), run with the PyTorch
+backend on the CPU; what is checked is the pipeline around it (the same network input whatever the file's
+orientation, masks in the input's geometry, statistics consistent with the labels), against references
+computed here with torch and scipy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from resunet_trt.segmenter import (
+    STAGES,
+    Segmenter,
+    case_name,
+    cuda_status,
+    resolve_device,
+    slab_upload_needs,
+    slabs,
+)
+
+LITS_SMALL = Path(__file__).parent / "data" / "lits_small64" / "ct.nii.gz"
+DICOM_SERIES = Path(__file__).parent / "data" / "dicom_ct3slice" / "series"
+
+
+@pytest.fixture(scope="module")
+def segmenter(trained_checkpoint):
+    with Segmenter(model=trained_checkpoint, device="cpu", backend="torch", batch_size=8) as seg:
+        yield seg
+
+
+@pytest.fixture(scope="module")
+def small_result(segmenter):
+    return segmenter.segment(LITS_SMALL)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure helpers
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("depth", "batch", "expected"),
+    [(0, 4, []), (1, 4, [(0, 1)]), (8, 4, [(0, 4), (4, 8)]), (9, 4, [(0, 4), (4, 8), (8, 9)]), (3, 1, [(0, 1), (1, 2), (2, 3)])],
+)
+def test_slabs_cover_the_volume_in_order(depth, batch, expected):
+    assert slabs(depth, batch) == expected
+
+
+@pytest.mark.parametrize(
+    ("depth", "batch", "halo", "expected"),
+    [
+        (9, 4, 1, [1, 2, 2]),  # slab [0,4) reads slice 4 -> chunk 1; [4,8) reads 8 -> chunk 2; last clamps
+        (9, 4, 0, [0, 1, 2]),
+        (5, 1, 2, [2, 3, 4, 4, 4]),  # a halo wider than a slab reaches two chunks ahead
+        (4, 8, 3, [0]),
+    ],
+)
+def test_slab_upload_needs(depth, batch, halo, expected):
+    assert slab_upload_needs(depth, batch, halo) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [("a/liver_3.nii.gz", "liver_3"), ("b/x.nii", "x"), ("c/series", "series"), ("c/series/", "series")],
+)
+def test_case_name(path, name):
+    assert case_name(path) == name
+
+
+def test_resolve_device_cpu_and_auto_here():
+    assert resolve_device("cpu") == "cpu"
+    ok, _ = cuda_status(0)
+    assert resolve_device("auto") == ("cuda:0" if ok else "cpu")
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cuda0", ""])
+def test_resolve_device_rejects_bad_names(device):
+    with pytest.raises(ValueError, match="device"):
+        resolve_device(device)
+
+
+def test_resolve_device_rejects_non_string():
+    with pytest.raises(TypeError, match="device"):
+        resolve_device(0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:7"])
+def test_explicit_cuda_without_cuda_is_an_error_with_reason(device):
+    ok, reason = cuda_status(int(device.partition(":")[2] or 0))
+    if ok:
+        pytest.skip("CUDA is usable here")
+    with pytest.raises(RuntimeError, match="CUDA") as info:
+        resolve_device(device)
+    assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"batch_size": 0}, "batch_size"), ({"min_lesion_voxels": -1}, "min_lesion_voxels"),
+     ({"connectivity": 8}, "connectivity")],
+)
+def test_constructor_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Segmenter(device="cpu", **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------------
+def test_bare_array_without_spacing_is_an_error(segmenter, lits_small):
+    with pytest.raises(ValueError, match="spacing"):
+        segmenter.segment(lits_small[0])
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (2, 3, 16, 16)])
+def test_array_of_wrong_dimension_is_an_error(segmenter, shape):
+    with pytest.raises(ValueError, match="3D"):
+        segmenter.segment(np.zeros(shape, np.int16), spacing=(1, 1, 1))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_array_with_nan_or_inf_is_an_error(segmenter, bad):
+    arr = np.zeros((4, 16, 16), np.float32)
+    arr[1, 2, 3] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        segmenter.segment(arr, spacing=(1, 1, 1))
+
+
+@pytest.mark.parametrize("spacing", [(1, 1), (1, 0, 1), (1, -2, 1), (1, float("nan"), 1)])
+def test_bad_spacing_is_an_error(segmenter, spacing):
+    with pytest.raises(ValueError, match="spacing"):
+        segmenter.segment(np.zeros((4, 16, 16), np.int16), spacing=spacing)
+
+
+def test_unsupported_item_type_is_an_error(segmenter):
+    with pytest.raises(TypeError, match="item"):
+        segmenter.segment(42)
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline against an independent reference
+# ------------------------------------------------------------------------------------------------
+def _reference_labels(checkpoint, hu, min_lesion_voxels=10):
+    """torch forward + torch bilinear upsampling + argmax, then postprocessing with scipy."""
+    import scipy.ndimage as ndi
+    import torch
+    import torch.nn.functional as F
+    from resunet_trt import kernels
+    from resunet_trt.model import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint)
+    x = kernels.preprocess(hu, window=meta.window, out_size=meta.plane_size, context=meta.context, dtype="float32")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.asarray(x, np.float32)))
+        up = F.interpolate(logits, size=hu.shape[1:], mode="bilinear", align_corners=False)
+    raw = up.argmax(1).numpy().astype(np.uint8)
+    structure = np.ones((3, 3, 3), bool)
+    comp, n = ndi.label(raw >= 1, structure=structure)
+    out = np.zeros_like(raw)
+    if n:
+        sizes = np.bincount(comp.ravel())
+        sizes[0] = 0
+        keep = comp == sizes.argmax()
+        out[keep] = raw[keep]
+        tumor, _ = ndi.label(out == 2, structure=structure)
+        small = np.isin(tumor, np.flatnonzero(np.bincount(tumor.ravel()) < min_lesion_voxels))
+        out[small & (tumor > 0)] = 1
+    return raw, out
+
+
+def test_labels_match_torch_and_scipy_reference(segmenter, small_result, trained_checkpoint):
+    hu = small_result.volume.hu
+    raw, expected = _reference_labels(trained_checkpoint, hu)
+    assert (raw >= 1).any(), "the fixture model finds no liver: the comparison would prove nothing"
+    got = small_result.labels
+    assert got.dtype == np.uint8 and got.shape == hu.shape
+    # The fused bilinear + argmax may break near-ties differently from torch's float path.
+    assert np.mean(got == expected) > 0.999
+
+
+def test_result_volumes_follow_from_labels(small_result):
+    r = small_result
+    voxel_ml = float(np.prod(r.volume.spacing)) / 1000
+    assert r.liver_volume_ml == pytest.approx(np.count_nonzero(r.labels >= 1) * voxel_ml)
+    assert r.tumor_volume_ml == pytest.approx(np.count_nonzero(r.labels == 2) * voxel_ml)
+    assert sum(les.voxels for les in r.lesions) == np.count_nonzero(r.labels == 2)
+    expected_burden = r.tumor_volume_ml / r.liver_volume_ml if r.liver_volume_ml else 0.0
+    assert r.tumor_burden == pytest.approx(expected_burden)
+    assert set(STAGES) <= set(r.timings)
+    assert all(v >= 0 for v in r.timings.values())
+    assert r.timings["read"] > 0 and r.timings["upload"] == 0.0  # a file was read; no upload on the CPU
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 64])
+def test_slab_size_does_not_change_labels(trained_checkpoint, small_result, batch_size):
+    with Segmenter(model=trained_checkpoint, device="cpu", backend="torch", batch_size=batch_size) as seg:
+        got = seg.segment(small_result.volume).labels
+    np.testing.assert_array_equal(got, small_result.labels)
+
+
+def test_array_ctvolume_and_path_give_the_same_labels(segmenter, small_result):
+    vol = small_result.volume
+    from_array = segmenter.segment(vol.hu, spacing=vol.spacing)
+    from_volume = segmenter.segment(vol)
+    np.testing.assert_array_equal(from_array.labels, small_result.labels)
+    np.testing.assert_array_equal(from_volume.labels, small_result.labels)
+    assert from_volume.timings["read"] == 0.0
+
+
+def test_segment_batch_keeps_order(segmenter, small_result):
+    vol = small_result.volume
+    flipped = type(vol).from_array(np.ascontiguousarray(vol.hu[::-1]), spacing=vol.spacing)
+    results = segmenter.segment_batch([vol, flipped])
+    np.testing.assert_array_equal(results[0].labels, small_result.labels)
+    assert results[1].labels.shape == vol.hu.shape
+
+
+# ------------------------------------------------------------------------------------------------
+# Files and geometry
+# ------------------------------------------------------------------------------------------------
+def _reoriented_copy(src: Path, dst: Path) -> None:
+    """Write ``src`` flipped along x and with x/y transposed on disk, the affine adjusted (same world)."""
+    import nibabel as nib
+
+    img = nib.load(src)
+    data = np.asanyarray(img.dataobj)
+    affine = img.affine.copy()
+    nx = data.shape[0]
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1, nx - 1  # new i = nx - 1 - old i
+    data, affine = data[::-1], affine @ flip
+    swap = np.eye(4)[[1, 0, 2, 3]].T  # columns 0 and 1 swapped
+    data, affine = data.transpose(1, 0, 2), affine @ swap
+    out = nib.Nifti1Image(np.ascontiguousarray(data), affine, img.header)
+    out.set_qform(affine, code=1)
+    out.set_sform(affine, code=1)
+    nib.save(out, dst)
+
+
+def _canonical(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(path))
+    return np.asanyarray(img.dataobj), img.affine
+
+
+def test_mask_file_has_the_input_geometry(segmenter, tmp_path):
+    import nibabel as nib
+
+    (outcome,) = segmenter.segment_files([LITS_SMALL], tmp_path, report=False)
+    assert outcome.ok, outcome.error
+    src, mask = nib.load(LITS_SMALL), nib.load(outcome.outputs["mask"])
+    assert outcome.outputs["mask"].name == "ct_mask.nii.gz"
+    assert mask.shape == src.shape
+    np.testing.assert_allclose(mask.affine, src.affine, atol=1e-5)
+    assert np.asanyarray(mask.dataobj).dtype == np.uint8
+    assert set(np.unique(np.asanyarray(mask.dataobj))) <= {0, 1, 2}
+
+
+def test_flipped_transposed_copy_gives_the_same_mask_in_world_space(segmenter, tmp_path):
+    import nibabel as nib
+
+    moved = tmp_path / "moved.nii.gz"
+    _reoriented_copy(LITS_SMALL, moved)
+    assert nib.load(moved).shape != nib.load(LITS_SMALL).shape  # the copy really is laid out differently
+    outcomes = segmenter.segment_files([LITS_SMALL, moved], tmp_path / "out", report=False)
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    np.testing.assert_array_equal(outcomes[0].result.labels, outcomes[1].result.labels)
+    a, a_aff = _canonical(outcomes[0].outputs["mask"])
+    b, b_aff = _canonical(outcomes[1].outputs["mask"])
+    np.testing.assert_allclose(a_aff, b_aff, atol=1e-5)
+    np.testing.assert_array_equal(a, b)
+    assert nib.load(outcomes[1].outputs["mask"]).shape == nib.load(moved).shape
+
+
+def test_dicom_series_and_its_nifti_conversion_give_the_same_mask(segmenter, tmp_path):
+    import nibabel as nib
+    from resunet_trt.io import load_ct
+
+    volume = load_ct(DICOM_SERIES)
+    converted = tmp_path / "converted.nii.gz"
+    # CTVolume.affine maps (d, h, w) indices to RAS mm, so the canonical array with it is a valid NIfTI.
+    img = nib.Nifti1Image(np.ascontiguousarray(volume.hu), np.asarray(volume.affine, np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    nib.save(img, converted)
+    outcomes = segmenter.segment_files([DICOM_SERIES, converted], tmp_path / "out", report=True)
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    dicom, nifti = (o.result for o in outcomes)
+    np.testing.assert_array_equal(dicom.volume.hu, nifti.volume.hu)
+    np.testing.assert_array_equal(dicom.labels, nifti.labels)
+    a, a_aff = _canonical(outcomes[0].outputs["mask"])
+    b, b_aff = _canonical(outcomes[1].outputs["mask"])
+    np.testing.assert_allclose(a_aff, b_aff, atol=1e-3)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_segment_files_writes_report_and_overlay(segmenter, tmp_path):
+    import json
+
+    from PIL import Image
+
+    (outcome,) = segmenter.segment_files([LITS_SMALL], tmp_path, overlay=True, report=True)
+    assert outcome.ok, outcome.error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct_mask.nii.gz", "ct_overlay.png", "ct_report.json"]
+    report = json.loads(outcome.outputs["report"].read_text())
+    assert report["case"] == "ct"
+    assert report["lesion_count"] == len(outcome.result.lesions)
+    assert report["liver_volume_ml"] == pytest.approx(outcome.result.liver_volume_ml)
+    with Image.open(outcome.outputs["overlay"]) as im:
+        assert im.format == "PNG"
+    assert outcome.result.timings["write"] > 0
+
+
+def test_same_case_names_do_not_overwrite_each_other(segmenter, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "ct.nii.gz").write_bytes(LITS_SMALL.read_bytes())
+    outcomes = segmenter.segment_files([LITS_SMALL, other / "ct.nii.gz"], tmp_path / "out", report=False)
+    assert [o.outputs["mask"].name for o in outcomes] == ["ct_mask.nii.gz", "ct_2_mask.nii.gz"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad inputs and failed writes
+# ------------------------------------------------------------------------------------------------
+def _write_nifti(path: Path, data: np.ndarray) -> Path:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    return path
+
+
+def _bad_input(kind: str, tmp_path: Path) -> Path:
+    if kind == "not_a_ct":
+        path = tmp_path / "notes.nii.gz"
+        path.write_text("this is not an image\n")
+    elif kind == "image_2d":
+        path = _write_nifti(tmp_path / "slice2d.nii.gz", np.zeros((32, 32), np.int16))
+    elif kind == "image_4d":
+        path = _write_nifti(tmp_path / "series4d.nii.gz", np.zeros((16, 16, 4, 3), np.int16))
+    elif kind in ("nan", "inf"):
+        data = np.zeros((16, 16, 4), np.float32)
+        data[3, 4, 1] = np.nan if kind == "nan" else np.inf
+        path = _write_nifti(tmp_path / f"with_{kind}.nii.gz", data)
+    elif kind == "empty_file":
+        path = tmp_path / "empty.nii.gz"
+        path.write_bytes(b"")
+    elif kind == "folder_without_images":
+        path = tmp_path / "junk_folder"
+        path.mkdir()
+        (path / "readme.txt").write_text("no DICOM here\n")
+    elif kind == "missing":
+        path = tmp_path / "does_not_exist.nii.gz"
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    return path
+
+
+BAD_KINDS = ["not_a_ct", "image_2d", "image_4d", "nan", "inf", "empty_file", "folder_without_images", "missing"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_input_fails_naming_the_file(segmenter, tmp_path, kind):
+    path = _bad_input(kind, tmp_path)
+    with pytest.raises((ValueError, TypeError, OSError)) as info:
+        segmenter.segment(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_file_is_skipped_and_the_others_go_on(segmenter, tmp_path, kind):
+    bad = _bad_input(kind, tmp_path)
+    outcomes = segmenter.segment_files([bad, LITS_SMALL], tmp_path / "out", report=True)
+    assert [o.ok for o in outcomes] == [False, True]
+    assert str(bad) in outcomes[0].error
+    assert outcomes[0].result is None and outcomes[0].outputs == {}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ct_mask.nii.gz", "ct_report.json"]
+
+
+def test_failing_mask_write_leaves_no_partial_file(segmenter, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real_replace = os.replace
+
+    def broken_replace(src, dst):
+        if str(dst).endswith("_mask.nii.gz"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    (outcome,) = segmenter.segment_files([LITS_SMALL], out, report=True)
+    monkeypatch.undo()
+    assert not outcome.ok
+    assert "No space left" in outcome.error and str(LITS_SMALL) in outcome.error
+    assert list(out.iterdir()) == []  # neither the mask, nor a temporary file, nor a report of a failed case
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU
+# ------------------------------------------------------------------------------------------------
+class _ExactBackend:
+    """A stand-in network whose logits are exact in floating point (power-of-two weights) on both devices.
+
+    It isolates the pipeline (slabs, halos, pinned uploads, streams, decoding, postprocessing) from the
+    rounding differences of real convolutions on different devices.
+    """
+
+    name = "torch"
+    input_dtype = np.dtype(np.float32)
+
+    def __init__(self, metadata, device):
+        self.metadata, self.device = metadata, device
+
+    def infer(self, batch):
+        from resunet_trt._device import as_cupy, is_cuda_array
+
+        if is_cuda_array(batch):
+            import cupy as xp
+
+            x = as_cupy(batch)
+        else:
+            xp, x = np, np.asarray(batch)
+        k = x.shape[1] // 2
+        centre, before, after = x[:, k], x[:, 0], x[:, -1]
+        logits = xp.stack([0.5 - centre, centre - 0.25 + 0.125 * (before - after), 2.0 * centre - 1.0], axis=1)
+        return xp.ascontiguousarray(logits.astype(xp.float32))
+
+    def close(self):
+        pass
+
+
+@pytest.fixture()
+def exact_backend(monkeypatch):
+    from resunet_trt import backends
+    from resunet_trt.metadata import ModelMetadata
+
+    meta = ModelMetadata(plane_size=(48, 40), context=5, window=(-100.0, 200.0))
+    monkeypatch.setattr(backends, "open_backend", lambda model, *, backend, device: _ExactBackend(meta, device))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_gpu_pipeline_equals_cpu_pipeline_exactly(exact_backend, lits_small, batch_size):
+    """Same logits function on both devices: the GPU pipeline (pinned slabs, streams) gives the CPU's labels."""
+    hu = lits_small[0]
+    with Segmenter(device="cpu", batch_size=batch_size, min_lesion_voxels=3) as cpu:
+        expected = cpu.segment(hu, spacing=(5.0, 5.3, 5.3))
+    with Segmenter(device="cuda", batch_size=batch_size, min_lesion_voxels=3) as gpu:
+        got = gpu.segment(hu, spacing=(5.0, 5.3, 5.3))
+    assert (expected.labels == 2).any() and (expected.labels == 1).any()
+    np.testing.assert_array_equal(got.labels, expected.labels)
+    assert [les.to_dict() for les in got.lesions] == [les.to_dict() for les in expected.lesions]
+    assert got.timings["upload"] > 0 and got.timings["download"] > 0
+
+
+@pytest.mark.gpu
+def test_gpu_path_with_a_real_model_matches_cpu(onnx_fp32, small_result):
+    """The fp32 ONNX model through ONNX Runtime on both devices (cuDNN may round differently near ties)."""
+    vol = small_result.volume
+    with Segmenter(model=onnx_fp32, device="cpu", backend="onnxruntime", batch_size=8) as cpu:
+        expected = cpu.segment(vol)
+    with Segmenter(model=onnx_fp32, device="cuda", backend="onnxruntime", batch_size=8) as gpu:
+        got = gpu.segment(vol)
+    assert np.mean(got.labels == expected.labels) > 0.999
+
+
+@pytest.mark.gpu
+def test_gpu_memory_stays_bounded_for_many_slices(exact_backend):
+    """1,000 slices of 256 x 256: device memory is about the int16 volume + labels, not slices x net size."""
+    import cupy as cp
+
+    hu = np.zeros((1000, 256, 256), np.int16)
+    hu[200:800, 60:200, 40:180] = 60
+    pool = cp.get_default_memory_pool()
+    pool.free_all_blocks()
+    with Segmenter(device="cuda", batch_size=16) as gpu:
+        result = gpu.segment(hu, spacing=(1.0, 1.0, 1.0))
+    assert result.labels.shape == hu.shape
+    # int16 + uint8 volumes are 3 bytes/voxel; components and postprocessing add int32 scratch (4 bytes).
+    assert pool.total_bytes() < 10 * hu.size
