@@ -1,0 +1,63 @@
+// IEEE binary16 <-> binary32 conversions for the host (numpy float16 arrays are raw uint16 bits to
+// C++). The CUDA kernels use __float2half_rn / __half2float, which round the same way.
+//
+// float -> half rounds to nearest, ties to even, including subnormal results, overflow to +-Inf and
+// NaN kept as a quiet NaN (after F. Giesen's float_to_half_fast3_rtne). half -> float is exact.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace resunet {
+
+inline std::uint32_t float_bits(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+inline float bits_float(std::uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline std::uint16_t float_to_half_rn(float value) {
+  constexpr std::uint32_t kF32Inf = 255u << 23;
+  constexpr std::uint32_t kF16Overflow = (127u + 16u) << 23;            // 2^16: rounds to Inf
+  constexpr std::uint32_t kDenormMagic = ((127u - 15u) + (23u - 10u) + 1u) << 23;  // 0.5f
+  std::uint32_t u = float_bits(value);
+  const std::uint32_t sign = u & 0x80000000u;
+  u ^= sign;
+  std::uint16_t out;
+  if (u >= kF16Overflow) {
+    out = u > kF32Inf ? 0x7e00u : 0x7c00u;  // NaN -> quiet NaN, too large or Inf -> Inf
+  } else if (u < (113u << 23)) {
+    // Subnormal or zero half: adding 0.5f aligns the 10 mantissa bits at the bottom of the float,
+    // and the float addition itself rounds to nearest even.
+    const float shifted = bits_float(u) + bits_float(kDenormMagic);
+    out = static_cast<std::uint16_t>(float_bits(shifted) - kDenormMagic);
+  } else {
+    const std::uint32_t mantissa_odd = (u >> 13) & 1u;
+    u += (static_cast<std::uint32_t>(15 - 127) << 23) + 0xfffu;  // rebias exponent, round half up ...
+    u += mantissa_odd;                                           // ... or to even on a tie
+    out = static_cast<std::uint16_t>(u >> 13);
+  }
+  return static_cast<std::uint16_t>(out | (sign >> 16));
+}
+
+inline float half_to_float(std::uint16_t h) {
+  constexpr std::uint32_t kShiftedExp = 0x7c00u << 13;
+  std::uint32_t u = (static_cast<std::uint32_t>(h) & 0x7fffu) << 13;
+  const std::uint32_t exp = u & kShiftedExp;
+  u += (127u - 15u) << 23;
+  if (exp == kShiftedExp) {
+    u += (128u - 16u) << 23;  // Inf / NaN
+  } else if (exp == 0) {
+    u += 1u << 23;  // zero / subnormal: renormalise through a float subtraction (exact)
+    u = float_bits(bits_float(u) - bits_float(113u << 23));
+  }
+  return bits_float(u | ((static_cast<std::uint32_t>(h) & 0x8000u) << 16));
+}
+
+}  // namespace resunet

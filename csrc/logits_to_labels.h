@@ -1,0 +1,52 @@
+// logits_to_labels: network logits (N, C, h, w) -> labels uint8 (N, H, W).
+//
+// Contract (resunet_trt.kernels.logits_to_labels): each class plane is resized to (H, W) with the
+// bilinear rule of common/bilinear.h (torch interpolate, align_corners=False), then the label is
+// the argmax over C. Both steps are fused per output pixel: the C resized values live in registers,
+// no full-resolution float tensor is ever made.
+//
+// Argmax order follows numpy/torch: the first maximum wins (ties -> lowest class) and NaN counts as
+// larger than any number (the first NaN wins). Logits are not checked for NaN (that would need a
+// synchronising read-back on the GPU); a NaN logit therefore gives its class wherever it reaches.
+#pragma once
+
+#include <cstdint>
+
+#include "common/macros.h"
+
+#if defined(RESUNET_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace resunet {
+
+enum class LogitsType { kFloat32, kFloat16 };
+
+struct LogitsToLabelsArgs {
+  int batch = 0;     // N
+  int classes = 0;   // C, 1..256
+  int height = 0;    // h
+  int width = 0;     // w
+  int out_height = 0;  // H
+  int out_width = 0;   // W
+};
+
+// One argmax step: does `value` (class c) beat the best so far? NaN beats numbers, earlier wins ties.
+RESUNET_HD bool argmax_takes(float value, float best) {
+  return value > best || (value != value && best == best);
+}
+
+// Throws std::invalid_argument when the arguments break the contract above.
+void CheckLogitsToLabelsArgs(const LogitsToLabelsArgs& args);
+
+// logits: N*C*h*w elements of `logits_type`; labels: N*H*W bytes.
+void LogitsToLabelsCpu(const void* logits, LogitsType logits_type, std::uint8_t* labels,
+                       const LogitsToLabelsArgs& args);
+
+#if defined(RESUNET_WITH_CUDA)
+// Device pointers; enqueued on `stream`, never synchronises.
+void LogitsToLabelsCuda(const void* logits, LogitsType logits_type, std::uint8_t* labels,
+                        const LogitsToLabelsArgs& args, cudaStream_t stream);
+#endif
+
+}  // namespace resunet
