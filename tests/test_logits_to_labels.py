@@ -1,0 +1,215 @@
+"""logits_to_labels against an independent reference: torch bilinear interpolate (float64) + numpy argmax."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from resunet_trt import _core
+from resunet_trt._image_ops import logits_to_labels
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+# Our kernel blends in float32, the reference in float64: where the two best classes are closer than
+# this, either may win.
+NEAR_TIE = 1e-5
+
+
+def upsampled(logits, out_size):
+    """float64 (N, C, H, W): torch interpolate(mode="bilinear", align_corners=False)."""
+    x = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float64))
+    return F.interpolate(x, size=tuple(out_size), mode="bilinear", align_corners=False).numpy()
+
+
+def assert_argmax_of(labels, values):
+    """labels == argmax over C of values, except where the top two are within NEAR_TIE."""
+    assert labels.dtype == np.uint8
+    assert labels.shape == (values.shape[0],) + values.shape[2:]
+    ref = np.argmax(values, axis=1)
+    chosen = np.take_along_axis(values, labels[:, None].astype(np.intp), axis=1)[:, 0]
+    ok = (labels == ref) | (values.max(axis=1) - chosen <= NEAR_TIE)
+    assert ok.all(), f"{(~ok).sum()} of {ok.size} labels differ from the argmax"
+    assert (labels == ref).mean() > 0.999
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("classes", [1, 2, 3, 5])
+@pytest.mark.parametrize(
+    ("in_size", "out_size"),
+    [
+        ((16, 16), (32, 32)),  # the usual 2x upsample
+        ((17, 23), (40, 50)),  # non-integer factors, non-square
+        ((32, 32), (15, 9)),  # downsample
+        ((12, 10), (12, 10)),  # same size
+        ((1, 1), (5, 7)),  # 1x1 planes
+        ((9, 6), (1, 1)),
+    ],
+)
+def test_matches_torch_interpolate_argmax(in_size, out_size, classes, dtype):
+    rng = np.random.default_rng(classes)
+    logits = rng.standard_normal((3, classes) + in_size).astype(dtype)
+    labels = logits_to_labels(logits, out_size=out_size)
+    assert_argmax_of(labels, upsampled(logits.astype(np.float32), out_size))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_ties_go_to_the_lowest_class(dtype):
+    logits = np.zeros((2, 4, 6, 6), dtype)
+    logits[1, 1:3] = 2.0  # classes 1 and 2 tie above 0 and 3
+    labels = logits_to_labels(logits, out_size=(11, 13))
+    np.testing.assert_array_equal(labels[0], 0)
+    np.testing.assert_array_equal(labels[1], 1)
+
+
+def test_same_size_round_trip_of_real_labels(lits117):
+    # One-hot logits at the same size must give the labels back exactly (the resize is the identity).
+    _, lab = lits117
+    onehot = (lab[40:80, None] == np.arange(3)[None, :, None, None]).astype(np.float32)
+    np.testing.assert_array_equal(logits_to_labels(onehot, out_size=lab.shape[1:]), lab[40:80])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_real_labels_upsampled(lits_small, dtype):
+    # Smooth, tie-rich logits from a real segmentation: one-hot planes plus a little noise, upsampled 4x.
+    _, lab = lits_small
+    rng = np.random.default_rng(1)
+    onehot = (lab[:, None] == np.arange(3)[None, :, None, None]).astype(np.float32)
+    logits = (4 * onehot + 0.1 * rng.standard_normal(onehot.shape)).astype(dtype)
+    labels = logits_to_labels(logits, out_size=(256, 256))
+    assert_argmax_of(labels, upsampled(logits.astype(np.float32), (256, 256)))
+
+
+def test_nan_counts_as_the_maximum_like_numpy():
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    logits[0, 2, 3, 3] = np.nan
+    logits[1, 1, 0, 5] = np.nan
+    logits[1, 2, 0, 5] = np.nan  # two NaN classes at one spot: the first wins
+    values = upsampled(logits, (16, 16))  # NaN spreads over the same 2x2 neighbourhoods
+    labels = logits_to_labels(logits, out_size=(16, 16))
+    nan_pixels = np.isnan(values).any(axis=1)
+    assert 0 < nan_pixels.sum() < nan_pixels.size
+    np.testing.assert_array_equal(labels[nan_pixels], np.argmax(values, axis=1)[nan_pixels])
+    finite = ~nan_pixels
+    np.testing.assert_array_equal(labels[finite], np.argmax(values, axis=1)[finite])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v: np.asfortranarray(v),
+        lambda v: v[:, :, ::2, 1::2],
+        lambda v: v[:, ::-1],
+        lambda v: v.astype(v.dtype.newbyteorder(">")),
+    ],
+    ids=["fortran", "strided", "reversed-classes", "big-endian"],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_any_memory_layout(make, dtype):
+    rng = np.random.default_rng(3)
+    logits = make(rng.standard_normal((2, 3, 14, 18)).astype(dtype))
+    labels = logits_to_labels(logits, out_size=(20, 30))
+    assert_argmax_of(labels, upsampled(np.asarray(logits, dtype=np.float32), (20, 30)))
+
+
+def test_cpu_torch_tensor_input():
+    logits = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = logits_to_labels(logits, out_size=(16, 16))
+    assert_argmax_of(labels, upsampled(logits.numpy(), (16, 16)))
+
+
+def test_max_classes():
+    logits = np.zeros((1, 256, 2, 2), np.float32)
+    logits[0, 255] = 1.0
+    np.testing.assert_array_equal(logits_to_labels(logits, out_size=(3, 3)), 255)
+
+
+L = np.zeros((2, 3, 4, 4), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("logits", "out_size", "error", "match"),
+    [
+        (np.zeros((3, 4, 4), np.float32), (8, 8), ValueError, "logits must be 4-D"),
+        (np.zeros((1, 2, 3, 4, 4), np.float32), (8, 8), ValueError, "logits must be 4-D"),
+        (np.zeros((0, 3, 4, 4), np.float32), (8, 8), ValueError, "logits must not be empty"),
+        (np.zeros((2, 0, 4, 4), np.float32), (8, 8), ValueError, "logits must not be empty"),
+        (np.zeros((2, 3, 4, 0), np.float32), (8, 8), ValueError, "logits must not be empty"),
+        (np.zeros((1, 257, 2, 2), np.float32), (8, 8), ValueError, "logits must have at most 256 classes"),
+        (L.astype(np.float64), (8, 8), TypeError, "logits must be float16 or float32"),
+        (L.astype(np.int16), (8, 8), TypeError, "logits must be float16 or float32"),
+        (L.astype(np.uint8), (8, 8), TypeError, "logits must be float16 or float32"),
+        (L, (0, 8), ValueError, "out_size must be positive"),
+        (L, (8, -2), ValueError, "out_size must be positive"),
+        (L, (8,), TypeError, "out_size"),
+        (L, 8, TypeError, "out_size"),
+        (L, (8, 8.5), TypeError, "out_size"),
+        (L, (True, 8), TypeError, "out_size"),
+    ],
+)
+def test_bad_input_names_the_argument(logits, out_size, error, match):
+    with pytest.raises(error, match=match):
+        logits_to_labels(logits, out_size=out_size)
+
+
+def test_out_size_is_keyword_only():
+    with pytest.raises(TypeError):
+        logits_to_labels(L, (8, 8))  # type: ignore[misc]
+
+
+def test_binding_rejects_non_contiguous_logits():
+    with pytest.raises(ValueError, match="logits must be C-contiguous"):
+        _core.logits_to_labels_cpu(np.zeros((2, 3, 8, 8), np.float32)[:, :, ::2], 4, 4)
+
+
+class _FakeCudaArray:
+    """Looks like a device array to the dispatcher; enough to reach the build check."""
+
+    __cuda_array_interface__ = {"shape": (1, 3, 4, 4), "typestr": "<f4", "data": (0, False), "version": 3}
+
+
+@pytest.mark.skipif(_core.built_with_cuda, reason="this build has CUDA")
+def test_cuda_input_on_cpu_only_build_says_so():
+    with pytest.raises(RuntimeError, match="built without CUDA"):
+        logits_to_labels(_FakeCudaArray(), out_size=(8, 8))
+
+
+# ---------------------------------------------------------------- GPU: CUDA labels == CPU labels, bit for bit
+
+
+def _gpu_equals_cpu(logits, out_size):
+    import cupy as cp
+
+    cpu = logits_to_labels(logits, out_size=out_size)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        gpu = logits_to_labels(cp.asarray(logits), out_size=out_size)
+    stream.synchronize()
+    assert isinstance(gpu, cp.ndarray) and gpu.dtype == cp.uint8
+    np.testing.assert_array_equal(cp.asnumpy(gpu), cpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("classes", [1, 3, 7])
+@pytest.mark.parametrize(("in_size", "out_size"), [((16, 16), (32, 32)), ((17, 23), (40, 50)), ((32, 32), (15, 9))])
+def test_gpu_matches_cpu_exactly(in_size, out_size, classes, dtype):
+    rng = np.random.default_rng(4)
+    _gpu_equals_cpu(rng.standard_normal((3, classes) + in_size).astype(dtype), out_size)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_gpu_matches_cpu_on_real_labels(lits117, dtype):
+    _, lab = lits117
+    onehot = (lab[:, None] == np.arange(3)[None, :, None, None]).astype(dtype)  # tie-rich after resizing
+    _gpu_equals_cpu(onehot, (512, 512))
+
+
+@pytest.mark.gpu
+def test_gpu_nan_and_ties_match_cpu():
+    logits = np.zeros((2, 3, 8, 8), np.float32)
+    logits[0, 1:] = 1.0
+    logits[1, 2, 4, 4] = np.nan
+    _gpu_equals_cpu(logits, (16, 16))
