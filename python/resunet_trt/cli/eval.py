@@ -19,7 +19,8 @@ or when it sits in a ``labelsTr``/``labelsTs`` folder; it is an *image* when its
 any other NIfTI is *unclassified*. The case name of a file is:
 
 - its subfolder's path when it sits in a subfolder holding one case (one label, at most one image), as in
-  ``data/case_07/ct.nii.gz`` + ``data/case_07/label.nii.gz`` -> ``case_07``;
+  ``data/case_07/ct.nii.gz`` + ``data/case_07/label.nii.gz`` -> ``case_07``; the same for the folder given
+  itself when it holds just such a pair with generic names (``ct``, ``label``, ``mask``...): its own name;
 - otherwise its name without the label/image suffix, with the LiTS and MSD names reduced to their number, so
   that they match each other: ``volume-12``, ``segmentation-12``, ``liver_12``, ``liver_12_0000``,
   ``segmentation-12_mask`` -> ``12``; ``case7_mask`` -> ``case7``.
@@ -185,9 +186,10 @@ def discover(root: str | os.PathLike[str]) -> tuple[dict[str, CaseFiles], list[s
         n_label = sum(k == "label" for k in kinds.values())
         n_image = sum(k == "image" for k in kinds.values())
         n_unknown = sum(k == "unknown" for k in kinds.values())
-        one_case = folder != base and n_label <= 1 and n_image <= 1 and (n_label + n_image + n_unknown) <= 2
-        if one_case and n_label + n_unknown >= 1:
-            key = folder.relative_to(base).as_posix()
+        small = n_label <= 1 and n_image <= 1 and (n_label + n_image + n_unknown) <= 2
+        generic = all(strip_nifti_suffix(m.name).lower() in _LABEL_WORDS + _IMAGE_WORDS for m in members)
+        if small and (folder != base or generic) and n_label + n_unknown >= 1:
+            key = folder.relative_to(base).as_posix() if folder != base else base.resolve().name
             for m, kind in kinds.items():
                 put(key, m, kind)
         else:
