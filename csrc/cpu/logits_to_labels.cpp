@@ -39,10 +39,19 @@ void Run(const In* logits, std::uint8_t* labels, const LogitsToLabelsArgs& a) {
   const int h = a.height, w = a.width, H = a.out_height, W = a.out_width;
   const std::size_t plane_in = static_cast<std::size_t>(h) * w;
 
-  std::vector<LinearTap> row_taps(H), col_taps(W);
+  std::vector<LinearTap> row_taps(H);
   const float scale_y = linear_scale(h, H), scale_x = linear_scale(w, W);
   for (int y = 0; y < H; ++y) row_taps[y] = linear_tap(y, h, scale_y);
-  for (int x = 0; x < W; ++x) col_taps[x] = linear_tap(x, w, scale_x);
+  // Column taps as separate arrays, so the pixel loop reads them with plain (vector) loads.
+  std::vector<int> col_i0(W), col_i1(W);
+  std::vector<float> col_w0(W), col_w1(W);
+  for (int x = 0; x < W; ++x) {
+    const LinearTap t = linear_tap(x, w, scale_x);
+    col_i0[x] = t.i0;
+    col_i1[x] = t.i1;
+    col_w0[x] = t.w0;
+    col_w1[x] = t.w1;
+  }
 
   const std::int64_t n_rows = static_cast<std::int64_t>(a.batch) * H;
 #if defined(RESUNET_WITH_OPENMP)
@@ -68,17 +77,20 @@ void Run(const In* logits, std::uint8_t* labels, const LogitsToLabelsArgs& a) {
 
       std::uint8_t* out = labels + static_cast<std::size_t>(r) * W;
       const float* b = blend.data();
+      const int* i0 = col_i0.data();
+      const int* i1 = col_i1.data();
+      const float* w0 = col_w0.data();
+      const float* w1 = col_w1.data();
       for (int x = 0; x < W; ++x) {
-        const LinearTap tx = col_taps[x];
-        float best = lerp_rn(b[tx.i0], b[tx.i1], tx.w0, tx.w1);
+        float best = lerp_rn(b[i0[x]], b[i1[x]], w0[x], w1[x]);
         int arg = 0;
         for (int c = 1; c < C; ++c) {
           const float* bc = b + static_cast<std::size_t>(c) * w;
-          const float v = lerp_rn(bc[tx.i0], bc[tx.i1], tx.w0, tx.w1);
-          if (argmax_takes(v, best)) {
-            best = v;
-            arg = c;
-          }
+          const float v = lerp_rn(bc[i0[x]], bc[i1[x]], w0[x], w1[x]);
+          // Selects, not branches: on noisy logits the winner changes unpredictably from pixel to pixel.
+          const bool take = argmax_takes(v, best);
+          best = take ? v : best;
+          arg = take ? c : arg;
         }
         out[x] = static_cast<std::uint8_t>(arg);
       }
