@@ -366,6 +366,13 @@ def test_dicom_folder_skips_other_files(data_dir, tmp_path):
     assert load_ct(folder).shape == (3, 512, 512)
 
 
+def test_single_dicom_file_asks_for_the_folder(data_dir):
+    path = data_dir / "dicom_ct3slice" / "series" / "01.dcm"
+    with pytest.raises(ValueError, match="folder") as err:
+        load_ct(path)
+    assert "01.dcm" in str(err.value)
+
+
 def test_dicom_folder_without_images_is_refused(tmp_path):
     folder = tmp_path / "nothing"
     folder.mkdir()

@@ -231,6 +231,8 @@ class CTVolume:
                 with the origin at 0. Its voxel sizes must agree with ``spacing`` and its axes must point
                 superior, posterior and patient-left.
 
+        An int16 C-contiguous ``hu`` is used as is (no copy).
+
         Raises:
             TypeError: hu is not a numeric numpy array.
             ValueError: Wrong ndim, NaN/Inf, bad spacing or affine.
@@ -438,6 +440,8 @@ def load_ct(path_or_dir: PathLike, *, series_uid: str | None = None) -> CTVolume
         return _load_dicom_series(path, series_uid=series_uid)
     if series_uid is not None:
         raise ValueError(f"series_uid is only for DICOM folders; {path} is a file")
+    if path.suffix.lower() in (".dcm", ".ima"):
+        raise ValueError(f"{path}: a single DICOM file; pass the folder that holds the whole series")
     data, geometry = _nifti_to_canonical(path)
     _check_looks_like_ct(data, str(path))
     hu = np.ascontiguousarray(geometry.to_canonical(_to_int16(data, str(path))))
