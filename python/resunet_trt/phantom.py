@@ -464,22 +464,52 @@ class _Anatomy:
 
 
 def _blur121(a: np.ndarray, axis: int) -> np.ndarray:
-    """[1, 2, 1] / 4 along ``axis`` with edge replication, in float32."""
-    out = a * np.float32(0.5)
+    """Unnormalised [1, 2, 1] filter along ``axis`` (sum of weights 4) with edge replication, in float32.
+
+    Three array passes instead of five: the 1/4 of each axis is applied once, at the end, by the caller.
+    """
+    out = a + a
     n = a.shape[axis]
     if n == 1:
-        return a.copy()
+        return out + out
     lo = [slice(None)] * a.ndim
     hi = [slice(None)] * a.ndim
     lo[axis], hi[axis] = slice(0, n - 1), slice(1, n)
-    out[tuple(hi)] += np.float32(0.25) * a[tuple(lo)]
-    out[tuple(lo)] += np.float32(0.25) * a[tuple(hi)]
+    out[tuple(hi)] += a[tuple(lo)]
+    out[tuple(lo)] += a[tuple(hi)]
     first = [slice(None)] * a.ndim
     last = [slice(None)] * a.ndim
     first[axis], last[axis] = slice(0, 1), slice(n - 1, n)
-    out[tuple(first)] += np.float32(0.25) * a[tuple(first)]
-    out[tuple(last)] += np.float32(0.25) * a[tuple(last)]
+    out[tuple(first)] += a[tuple(first)]
+    out[tuple(last)] += a[tuple(last)]
     return out
+
+
+class _NoiseBank:
+    """Gaussian noise for whole slices, cut from a small bank at random offsets.
+
+    Drawing 100 M normals costs seconds; a bank of 16 slices (padded by 32 pixels) costs a fraction of that.
+    Each output slice takes one bank slice at a random (row, column) shift: its noise is white and Gaussian
+    with the requested sigma, and two slices share values only in the rare case of the same slice and shift.
+    """
+
+    _SLICES = 16
+    _PAD = 32
+
+    def __init__(self, shape: tuple[int, int, int], sigma: float, rng: np.random.Generator) -> None:
+        depth, height, width = shape
+        k = min(self._SLICES, depth)
+        self.height, self.width = height, width
+        self.bank = rng.standard_normal((k, height + self._PAD, width + self._PAD), dtype=np.float32)
+        self.bank *= np.float32(sigma)
+        self.which = rng.integers(0, k, size=depth)
+        self.shift = rng.integers(0, self._PAD + 1, size=(depth, 2))
+
+    def add_to(self, hu: np.ndarray, d0: int) -> None:
+        """Add noise to slices [d0, d0 + len(hu)) in place."""
+        for i in range(hu.shape[0]):
+            oy, ox = self.shift[d0 + i]
+            hu[i] += self.bank[self.which[d0 + i], oy : oy + self.height, ox : ox + self.width]
 
 
 def make_phantom(
@@ -537,7 +567,7 @@ def make_phantom(
 
     layout_seq, noise_seq = np.random.SeedSequence(int(seed)).spawn(2)
     anatomy = _Anatomy(dims, steps, np.random.default_rng(layout_seq), n_tumors)
-    noise_rng = np.random.default_rng(noise_seq)
+    bank = _NoiseBank(dims, noise, np.random.default_rng(noise_seq)) if noise > 0 else None
 
     depth = dims[0]
     ct = np.empty(dims, dtype=np.int16)
@@ -553,8 +583,9 @@ def make_phantom(
         # Blur along D on the slab with its halo, then keep the core slices: the halo makes the blur exact
         # across slab borders, and the volume's own edges replicate.
         hu = _blur121(_blur121(_blur121(hu, 1), 2), 0)[s0 - h0 : s0 - h0 + (s1 - s0)]
-        if noise > 0:
-            hu += noise_rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise)
+        hu *= np.float32(1.0 / 64.0)  # the three [1, 2, 1] filters' normalisation
+        if bank is not None:
+            bank.add_to(hu, s0)
         np.rint(hu, out=hu)
         np.clip(hu, -1024, 3071, out=hu)
         ct[s0:s1] = hu
