@@ -20,6 +20,9 @@
 
 #if defined(RESUNET_WITH_CUDA)
 #include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
 #endif
 
 namespace resunet {
@@ -70,6 +73,42 @@ void WriteRunLabelsCpu(const RunLabeling& labeling, int32_t* labels);
 int64_t ConnectedComponentsCpu(const uint8_t* mask, const VolumeShape& shape, int connectivity, int32_t* labels);
 
 #if defined(RESUNET_WITH_CUDA)
+// ---- CUDA building blocks, shared with postprocess ------------------------------------------------------
+
+// Owner of a stream-ordered device allocation (cudaMallocAsync / cudaFreeAsync on one stream).
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer(int64_t count, cudaStream_t stream) : stream_(stream) {
+    if (count <= 0) return;
+    const cudaError_t status = cudaMallocAsync(reinterpret_cast<void**>(&ptr_), sizeof(T) * count, stream);
+    if (status != cudaSuccess) {
+      throw std::runtime_error(std::string("CUDA error in cudaMallocAsync: ") + cudaGetErrorString(status));
+    }
+  }
+  ~DeviceBuffer() {
+    if (ptr_ != nullptr) cudaFreeAsync(ptr_, stream_);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  T* get() const { return ptr_; }
+
+ private:
+  T* ptr_ = nullptr;
+  cudaStream_t stream_;
+};
+
+// Throws std::invalid_argument when the volume has too many voxels for int32 linear indices.
+void CheckCudaVolumeSize(const VolumeShape& shape);
+
+// Queues the labelling of `volume` on `stream`: afterwards label[i] (int32, D*H*W) is the linear index of the
+// root of voxel i's component (its first voxel in raster order), or -1 on background. When check_max_label >= 0,
+// any voxel value above it is stored in *max_flag (device int32, left as is when all values are valid).
+void LabelRootsCuda(const uint8_t* volume, const VolumeShape& shape, Foreground foreground, int connectivity,
+                    int32_t* label, int32_t* max_flag, int check_max_label, cudaStream_t stream);
+
+// ---- Public ops (CUDA) ----------------------------------------------------------------------------------
+
 // Device pointers. When check_max_label >= 0, a voxel value above it makes the call throw
 // std::invalid_argument (checked at the same synchronisation that brings the count back).
 int64_t ConnectedComponentsCuda(const uint8_t* volume, const VolumeShape& shape, Foreground foreground,
