@@ -691,6 +691,14 @@ def test_mask_of_an_array_volume_round_trips(tmp_path):
     labels = (hu > 0).astype(np.uint8)
     out = save_mask(tmp_path / "mask.nii.gz", labels, vol)
     written = nib.load(out)
-    assert written.shape == (6, 7, 8)
-    np.testing.assert_allclose(written.affine, vol.affine, atol=1e-6)
+    # Stored the NIfTI way: slices along k, so the file is (W, H, D) with the affine's columns swapped to match.
+    assert written.shape == (8, 7, 6)
+    np.testing.assert_allclose(written.affine, vol.affine[:, [2, 1, 0, 3]], atol=1e-6)
+    np.testing.assert_array_equal(np.asanyarray(written.dataobj), labels.transpose(2, 1, 0))
     np.testing.assert_array_equal(load_label(out, vol), labels)
+    # Read back as CT, the array lands where it started.
+    ct_path = tmp_path / "as_ct.nii"
+    nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0), written.affine), ct_path)
+    again = load_ct(ct_path)
+    np.testing.assert_array_equal(again.hu, hu)
+    np.testing.assert_allclose(again.affine, vol.affine, atol=1e-6)

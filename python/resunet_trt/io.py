@@ -177,7 +177,8 @@ class CTVolume:
         affine: float64 (4, 4) mapping the canonical voxel (d, h, w, 1) to world RAS mm.
         source: The file or DICOM folder read, or None for arrays.
         geometry: The on-disk geometry (shape, affine, orientation, header). None when built from an array in
-            canonical orientation; it is then filled in as "the file is the canonical array".
+            canonical orientation; it is then filled in as the usual NIfTI layout of that array: (W, H, D) on
+            disk, i.e. i = w, j = h, k = d, with the affine's columns reordered to match.
         meta: Free-form facts about the source (format, DICOM series UID, ...).
     """
 
@@ -211,7 +212,10 @@ class CTVolume:
                     f"affine must map (d, h, w) to superior, posterior, patient-left (axis codes SPL), got {codes}: "
                     "reorient the array to the canonical (D, H, W) orientation first"
                 )
-            geometry = DiskGeometry.from_affine(self.hu.shape, affine)
+            # No file: a mask is written in the usual NIfTI layout, i = w, j = h, k = d (slices along k). NIfTI
+            # data is stored i-fastest, so this is also the canonical array's own memory order (no transpose).
+            d, h, w = self.hu.shape
+            geometry = DiskGeometry.from_affine((w, h, d), affine[:, [2, 1, 0, 3]])
             object.__setattr__(self, "geometry", geometry)
         elif self.geometry.canonical_shape() != self.hu.shape:
             raise ValueError(
@@ -753,7 +757,7 @@ def save_mask(path: PathLike, labels: np.ndarray, like: CTVolume) -> Path:
     """Write a label map as uint8 NIfTI in ``like``'s original on-disk geometry, atomically.
 
     The file has the shape and affine of the file ``like`` was read from (for a DICOM series: of its usual NIfTI
-    conversion; for an array: the canonical array and affine), and keeps the source header's qform/sform codes
+    conversion; for an array: (W, H, D) on disk, see :attr:`CTVolume.geometry`), and keeps the source header's qform/sform codes
     and units, so it overlays the CT in 3D Slicer or ITK-SNAP.
 
     Args:
