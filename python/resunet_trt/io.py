@@ -298,7 +298,8 @@ def _to_int16(data: np.ndarray, source: str) -> np.ndarray:
     if lo < info.min or hi > info.max:
         logger.warning("%s: values in [%g, %g] clipped to the int16 range", source, lo, hi)
     if data.dtype.kind == "f":
-        out = np.rint(data).astype(np.float32, copy=False) if data.dtype != np.float32 else np.rint(data)
+        out = np.array(data, dtype=np.float32)  # one float32 working copy, rounded and clipped in place
+        np.rint(out, out=out)
         np.clip(out, info.min, info.max, out=out)
         return out.astype(np.int16)
     if data.dtype.kind in "iu" and (lo < info.min or hi > info.max):
