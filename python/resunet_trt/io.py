@@ -26,10 +26,10 @@ Decisions worth knowing:
   modalities other than CT are refused with the reason. The on-disk layout of a DICOM series is taken as the
   usual NIfTI conversion's (i = column, j = row, k = slice in ascending normal position, LPS turned into RAS), so
   a mask saved for a DICOM input matches the NIfTI that dcm2niix or 3D Slicer would make of that series.
-* ``.nii.gz`` is read and written through ISA-L's igzip when the ``isal`` package is installed (about 3x faster
-  decompression than zlib, measured on a 512 x 512 x 400 int16 volume: 1.2 s instead of 3.5 s on a 2-core
-  machine), otherwise through nibabel's own gzip. Masks are compressed at level 1 (fast; label maps compress
-  well at any level).
+* ``.nii.gz`` is read and written through ISA-L's igzip when the ``isal`` package is installed, otherwise
+  through nibabel's own gzip (zlib). On a shared 2-core machine, decompressing a 512 x 512 x 400 int16 phantom
+  (106 MB compressed) took 1.2 s with igzip against 3.5 s with zlib, and the whole :func:`load_ct` 2.2-3.1 s
+  against 5.7 s. Masks are written at igzip level 1: fast, and label maps compress well at any level.
 """
 
 from __future__ import annotations
@@ -290,7 +290,7 @@ def _check_spacing(spacing: Any) -> tuple[float, float, float]:
 
 
 def _to_int16(data: np.ndarray, source: str) -> np.ndarray:
-    """Round (floats) and clip to int16; logs how many voxels clipping changed."""
+    """Round (floats) and clip to int16, logging a warning with the value range when clipping changes values."""
     if data.dtype == np.int16:
         return data
     info = np.iinfo(np.int16)

@@ -8,14 +8,14 @@ in normalised coordinates of the field of view, so any ``shape`` gets a whole ab
 * ``t`` along D, 0 inferior to 1 superior.
 
 This is the project's canonical orientation (D inferior->superior, H anterior->posterior, W patient right->left),
-so the liver sits at small W and large D. Tumors are spheroids sized in millimetres from ``spacing`` (3 mm to
-several cm at the default geometry), clamped to at least one voxel and to the liver's size.
+so the liver sits at small W and large D. Tumors are spheroids sized in millimetres from ``spacing`` (radii
+from 2.5 mm to 30 mm), clamped to at least one voxel and to the liver's size.
 
 Generation works slab by slab (16 slices): each shape is evaluated only inside its bounding box, with
 separable 1D terms broadcast over the box, into a uint8 tissue map. The tissue map gives the labels through one
 lookup and the HU image through another, then a [1, 2, 1] partial-volume blur along each axis (slabs carry one
-halo slice on each side) and Gaussian noise. Peak memory is the two outputs plus a few slab buffers; a
-512 x 512 x 400 phantom takes a few seconds on two cores.
+halo slice on each side) and Gaussian noise (cut from a small bank, see ``_NoiseBank``). Peak memory is the two
+outputs plus a few slab buffers; a 512 x 512 x 400 phantom takes a few seconds on two cores.
 """
 
 from __future__ import annotations
