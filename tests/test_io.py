@@ -702,3 +702,13 @@ def test_mask_of_an_array_volume_round_trips(tmp_path):
     again = load_ct(ct_path)
     np.testing.assert_array_equal(again.hu, hu)
     np.testing.assert_allclose(again.affine, vol.affine, atol=1e-6)
+
+
+def test_big_endian_file_loads_to_native_int16(tmp_path):
+    data = _ct_like((9, 8, 7))
+    header = nib.Nifti1Header(endianness=">")
+    nib.save(nib.Nifti1Image(data, np.eye(4), header=header), tmp_path / "big_endian.nii")
+    assert nib.load(tmp_path / "big_endian.nii").header.endianness == ">"
+    vol = load_ct(tmp_path / "big_endian.nii")
+    assert vol.hu.dtype == np.dtype("=i2")
+    np.testing.assert_array_equal(vol.hu, data.transpose(2, 1, 0)[:, ::-1, ::-1])
