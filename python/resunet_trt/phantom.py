@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 # Tissue ids of the internal tissue map. Tumor ids follow _TUMOR_BASE (one id per tumor and one per necrotic core).
 _AIR, _FAT, _MUSCLE, _CAVITY, _LUNG, _LIVER, _GALLBLADDER, _SPLEEN, _KIDNEY, _KIDNEY_SINUS = range(10)
-_AORTA, _IVC, _CORTICAL, _CANCELLOUS, _DISC, _CSF, _RIB = range(10, 17)
+_AORTA, _IVC, _CORTICAL, _CANCELLOUS, _DISC, _CSF, _RIB, _HEPATIC_VESSEL = range(10, 18)
 _TUMOR_BASE = 32
 _MAX_TUMORS = 100
 
@@ -51,6 +51,7 @@ TISSUE_HU: dict[str, float] = {
     "kidney_sinus": -40.0,
     "aorta": 190.0,
     "ivc": 140.0,
+    "hepatic_vessel": 165.0,
     "cortical_bone": 750.0,
     "cancellous_bone": 450.0,
     "disc": 90.0,
@@ -248,11 +249,43 @@ class _Anatomy:
         ]
         self.liver_hu = TISSUE_HU["liver"] + jit(10.0)
         self.tumors = self._place_tumors(rng, n_tumors)
+        # Enhanced hepatic veins (running up to the IVC) and portal branches (across the liver from the hilum):
+        # thin ellipsoids painted on liver only, after the tumors, so they never cut a lesion.
+        ivc_u, ivc_v = -0.13, 0.22
+        self.vessels = [
+            _Ellipsoid(
+                _HEPATIC_VESSEL,
+                (ivc_u + du + jit(0.02), ivc_v + dv + jit(0.02), 0.80 + jit(0.03)),
+                (0.018, 0.018, 0.14),
+                only_on=_LIVER,
+            )
+            for du, dv in ((-0.20, -0.05), (-0.08, -0.22), (0.12, -0.25))
+        ] + [
+            _Ellipsoid(
+                _HEPATIC_VESSEL,
+                (-0.30 + jit(0.03), 0.08 + jit(0.03), 0.62 + jit(0.03)),
+                (0.20, 0.02, 0.02),
+                only_on=_LIVER,
+            ),
+            _Ellipsoid(
+                _HEPATIC_VESSEL,
+                (-0.45 + jit(0.03), -0.08 + jit(0.03), 0.70 + jit(0.03)),
+                (0.02, 0.17, 0.02),
+                only_on=_LIVER,
+            ),
+            _Ellipsoid(
+                _HEPATIC_VESSEL,
+                (-0.05 + jit(0.03), -0.15 + jit(0.03), 0.72 + jit(0.03)),
+                (0.16, 0.02, 0.02),
+                only_on=_LIVER,
+            ),
+        ]
 
         self.hu_lut = np.zeros(256, dtype=np.float32)
         names = {
             _AIR: "air", _FAT: "fat", _MUSCLE: "muscle", _LUNG: "lung", _GALLBLADDER: "gallbladder",
             _SPLEEN: "spleen", _KIDNEY: "kidney", _KIDNEY_SINUS: "kidney_sinus", _AORTA: "aorta", _IVC: "ivc",
+            _HEPATIC_VESSEL: "hepatic_vessel",
             _CORTICAL: "cortical_bone", _CANCELLOUS: "cancellous_bone", _DISC: "disc", _CSF: "csf", _RIB: "rib",
         }  # fmt: skip
         for tid, name in names.items():
@@ -261,6 +294,7 @@ class _Anatomy:
         self.hu_lut[_LIVER] = self.liver_hu
         self.label_lut = np.zeros(256, dtype=np.uint8)
         self.label_lut[_LIVER] = 1
+        self.label_lut[_HEPATIC_VESSEL] = 1  # vessels inside the liver are liver in LiTS-style labels
         for k, tumor in enumerate(self.tumors):
             self.hu_lut[_TUMOR_BASE + 2 * k] = tumor["hu"]
             self.hu_lut[_TUMOR_BASE + 2 * k + 1] = tumor["core_hu"]
@@ -388,6 +422,8 @@ class _Anatomy:
         for organ in self.before_liver + self.liver_lobes:
             _paint(tissue, grid, organ)
         self._paint_tumors(tissue, d0, d1)
+        for vessel in self.vessels:
+            _paint(tissue, grid, vessel)
         for organ in self.after_liver:
             _paint(tissue, grid, organ)
         self._paint_discs(tissue, grid)
