@@ -187,3 +187,14 @@ def test_bad_arguments_raise_value_error(kwargs, name):
 def test_bad_seed_type_raises_type_error(seed):
     with pytest.raises(TypeError, match="seed"):
         make_phantom((4, 16, 16), (1.0, 1.0, 1.0), seed=seed)
+
+
+def test_enhanced_vessels_inside_the_liver_are_labelled_liver(clean):
+    ct, labels = clean
+    liver = labels == 1
+    liver_hu = float(np.median(ct[liver]))
+    bright = liver & (ct > liver_hu + 25)
+    # Hepatic and portal vessels: bright tubes that are part of the liver label, away from any tumor.
+    assert bright.sum() > 0.002 * liver.sum()
+    near_tumor = ndimage.binary_dilation(labels == 2, iterations=2)
+    assert (bright & ~near_tumor).sum() > 0.5 * bright.sum()
