@@ -25,6 +25,7 @@ Results go to benchmarks/results/kernels_<device>.json (machine, versions and bu
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import logging
@@ -157,8 +158,16 @@ def bench_cpu(ct: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> l
         - baseline_preprocess(ct, window).astype(np.float32)
     ).max()
     rows.append(
-        _row("preprocess", "cpu int16->fp16", ours, mvox_in, base, baseline="numpy clip/scale + torch interpolate",
-             goal_speedup=GOALS["preprocess"], max_abs_diff_vs_baseline=float(diff))  # fmt: skip
+        _row(
+            "preprocess",
+            "cpu int16->fp16",
+            ours,
+            mvox_in,
+            base,
+            baseline="numpy clip/scale + torch interpolate",
+            goal_speedup=GOALS["preprocess"],
+            max_abs_diff_vs_baseline=float(diff),
+        )
     )
 
     logits32 = make_logits(labels, args.seed)
@@ -166,19 +175,25 @@ def bench_cpu(ct: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> l
     base = _time_cpu(lambda: baseline_logits_to_labels(logits32, (h, w)), args.baseline_repeats, 0)
     reference = baseline_logits_to_labels(logits32, (h, w))
     for name, logits in (("fp32", logits32), ("fp16", logits32.astype(np.float16))):
-        ours = _time_cpu(lambda: logits_to_labels(logits, out_size=(h, w)), args.repeats, 1)
+        ours = _time_cpu(functools.partial(logits_to_labels, logits, out_size=(h, w)), args.repeats, 1)
         agree = float((logits_to_labels(logits, out_size=(h, w)) == reference).mean())
         rows.append(
-            _row("logits_to_labels", f"cpu {name}->uint8", ours, mvox_out, base,
-                 baseline="torch interpolate (fp32) + argmax", goal_speedup=GOALS["logits_to_labels"],
-                 label_agreement_vs_baseline=agree)  # fmt: skip
+            _row(
+                "logits_to_labels",
+                f"cpu {name}->uint8",
+                ours,
+                mvox_out,
+                base,
+                baseline="torch interpolate (fp32) + argmax",
+                goal_speedup=GOALS["logits_to_labels"],
+                label_agreement_vs_baseline=agree,
+            )
         )
     return rows
 
 
 def bench_cuda(ct: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> list[dict]:
     import cupy as cp
-
     from resunet_trt.kernels import logits_to_labels, preprocess
 
     d, h, w = ct.shape
@@ -194,12 +209,21 @@ def bench_cuda(ct: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> 
     ours = _time_gpu(lambda: preprocess(ct_gpu, out_size=PLANE, context=CONTEXT), args.repeats)
     gbs = moved / ours / 1e9
     rows.append(
-        _row("preprocess", "cuda int16->fp16", ours, ct.size / 1e6, None, gb_per_s=gbs, copy_gb_per_s=copy_gbs,
-             fraction_of_copy=gbs / copy_gbs, goal_fraction_of_copy=GPU_COPY_FRACTION_GOAL)  # fmt: skip
+        _row(
+            "preprocess",
+            "cuda int16->fp16",
+            ours,
+            ct.size / 1e6,
+            None,
+            gb_per_s=gbs,
+            copy_gb_per_s=copy_gbs,
+            fraction_of_copy=gbs / copy_gbs,
+            goal_fraction_of_copy=GPU_COPY_FRACTION_GOAL,
+        )
     )
     logits32 = cp.asarray(make_logits(labels, args.seed))
     for name, logits in (("fp32", logits32), ("fp16", logits32.astype(cp.float16))):
-        ours = _time_gpu(lambda: logits_to_labels(logits, out_size=(h, w)), args.repeats)
+        ours = _time_gpu(functools.partial(logits_to_labels, logits, out_size=(h, w)), args.repeats)
         rows.append(_row("logits_to_labels", f"cuda {name}->uint8", ours, d * h * w / 1e6, None))
     return rows
 
@@ -211,8 +235,9 @@ def component_rows(ct: np.ndarray, labels: np.ndarray, repeats: int) -> list[dic
         log.warning("benchmarks/bench_components.py not found: no connected-components rows")
         return []
     spec = importlib.util.spec_from_file_location("bench_components", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
     spec.loader.exec_module(module)
     return list(module.run(ct, labels, repeats))
 
@@ -234,11 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", type=_shape, default=(400, 512, 512), help="D,H,W of the phantom")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of our kernels (median)")
-    parser.add_argument("--baseline-repeats", type=int, default=3, help="timed runs of the baselines (median)")
+    parser.add_argument(
+        "--baseline-repeats", type=int, default=3, help="timed runs of the baselines (median)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--no-components", action="store_true", help="skip benchmarks/bench_components.py")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/kernels_<device>.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default results/kernels_<device>.json)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
-
 from resunet_trt import _core
 from resunet_trt._image_ops import logits_to_labels
 
@@ -166,7 +167,12 @@ def test_binding_rejects_non_contiguous_logits():
 class _FakeCudaArray:
     """Looks like a device array to the dispatcher; enough to reach the build check."""
 
-    __cuda_array_interface__ = {"shape": (1, 3, 4, 4), "typestr": "<f4", "data": (0, False), "version": 3}
+    __cuda_array_interface__: ClassVar[dict] = {
+        "shape": (1, 3, 4, 4),
+        "typestr": "<f4",
+        "data": (0, False),
+        "version": 3,
+    }
 
 
 @pytest.mark.skipif(_core.built_with_cuda, reason="this build has CUDA")
@@ -193,7 +199,9 @@ def _gpu_equals_cpu(logits, out_size):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("classes", [1, 3, 7])
-@pytest.mark.parametrize(("in_size", "out_size"), [((16, 16), (32, 32)), ((17, 23), (40, 50)), ((32, 32), (15, 9))])
+@pytest.mark.parametrize(
+    ("in_size", "out_size"), [((16, 16), (32, 32)), ((17, 23), (40, 50)), ((32, 32), (15, 9))]
+)
 def test_gpu_matches_cpu_exactly(in_size, out_size, classes, dtype):
     rng = np.random.default_rng(4)
     _gpu_equals_cpu(rng.standard_normal((3, classes) + in_size).astype(dtype), out_size)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
-
 from resunet_trt import _core
 from resunet_trt._image_ops import preprocess
 
@@ -20,7 +21,9 @@ def reference(volume, *, window=WINDOW, out_size=(256, 256), context=3, start=0,
     depth = volume.shape[0]
     stop = depth if stop is None else stop
     norm = (np.clip(volume.astype(np.float64), lo, hi) - lo) / (hi - lo)
-    planes = F.interpolate(torch.from_numpy(norm)[:, None], size=tuple(out_size), mode="bilinear", align_corners=False)
+    planes = F.interpolate(
+        torch.from_numpy(norm)[:, None], size=tuple(out_size), mode="bilinear", align_corners=False
+    )
     planes = planes[:, 0].numpy()
     idx = np.clip(np.arange(start, stop)[:, None] + np.arange(context)[None, :] - context // 2, 0, depth - 1)
     return planes[idx]
@@ -101,7 +104,9 @@ def test_one_slice_volume_repeats_it_in_every_channel(context):
         np.testing.assert_array_equal(out[0, j], out[0, 0])
 
 
-@pytest.mark.parametrize(("shape", "out_size"), [((2, 1, 1), (3, 4)), ((2, 5, 7), (1, 1)), ((2, 1, 9), (4, 1))])
+@pytest.mark.parametrize(
+    ("shape", "out_size"), [((2, 1, 1), (3, 4)), ((2, 5, 7), (1, 1)), ((2, 1, 9), (4, 1))]
+)
 def test_tiny_planes(shape, out_size):
     vol = random_hu(shape, np.int16, seed=11)
     out = preprocess(vol, out_size=out_size, dtype="float32")
@@ -250,7 +255,12 @@ def test_binding_rejects_non_contiguous_volume():
 class _FakeCudaArray:
     """Looks like a device array to the dispatcher; enough to reach the build check."""
 
-    __cuda_array_interface__ = {"shape": (2, 4, 4), "typestr": "<i2", "data": (0, False), "version": 3}
+    __cuda_array_interface__: ClassVar[dict] = {
+        "shape": (2, 4, 4),
+        "typestr": "<i2",
+        "data": (0, False),
+        "version": 3,
+    }
 
 
 @pytest.mark.skipif(_core.built_with_cuda, reason="this build has CUDA")
@@ -272,13 +282,17 @@ def _gpu_vs_cpu(vol, **kwargs):
     stream.synchronize()
     assert isinstance(gpu, cp.ndarray)
     assert gpu.dtype == cpu.dtype and gpu.shape == cpu.shape
-    np.testing.assert_allclose(cp.asnumpy(gpu).astype(np.float64), cpu.astype(np.float64), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(
+        cp.asnumpy(gpu).astype(np.float64), cpu.astype(np.float64), rtol=1e-3, atol=1e-6
+    )
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("out_dtype", ["float16", "float32"])
 @pytest.mark.parametrize("in_dtype", [np.int16, np.float32])
-@pytest.mark.parametrize(("shape", "out_size"), [((6, 64, 80), (32, 40)), ((3, 13, 9), (32, 24)), ((1, 1, 1), (3, 5))])
+@pytest.mark.parametrize(
+    ("shape", "out_size"), [((6, 64, 80), (32, 40)), ((3, 13, 9), (32, 24)), ((1, 1, 1), (3, 5))]
+)
 def test_gpu_matches_cpu(shape, out_size, in_dtype, out_dtype):
     _gpu_vs_cpu(random_hu(shape, in_dtype, seed=23), out_size=out_size, dtype=out_dtype)
 

@@ -89,8 +89,8 @@ def _check_shape(shape: tuple[int, ...], ndim: int, axes: str, name: str) -> Non
 def preprocess(
     volume: Any,
     *,
-    window: tuple[float, float] = (-200.0, 250.0),
-    out_size: tuple[int, int] = (256, 256),
+    window: Sequence[float] = (-200.0, 250.0),
+    out_size: Sequence[int] = (256, 256),
     context: int = 3,
     dtype: Any = "float16",
     start: int = 0,
@@ -162,13 +162,26 @@ def preprocess(
                 raise ValueError("volume must be finite HU, got NaN or Inf")
         out = cp.empty((stop - start, context, h, w), dtype=_PLANE_DTYPES[plane_dtype])
         core.preprocess_cuda(
-            _device.cuda_ptr(vol), vol_dtype.name, depth, int(vol.shape[1]), int(vol.shape[2]),
-            _device.cuda_ptr(out), plane_dtype, lo, hi, h, w, context, start, stop, _device.current_stream_ptr(),
-        )  # fmt: skip
+            volume_ptr=_device.cuda_ptr(vol),
+            volume_dtype=vol_dtype.name,
+            depth=depth,
+            height=int(vol.shape[1]),
+            width=int(vol.shape[2]),
+            out_ptr=_device.cuda_ptr(out),
+            dtype=plane_dtype,
+            lo=lo,
+            hi=hi,
+            out_height=h,
+            out_width=w,
+            context=context,
+            start=start,
+            stop=stop,
+            stream=_device.current_stream_ptr(),
+        )
     return out
 
 
-def logits_to_labels(logits: Any, *, out_size: tuple[int, int]) -> Any:
+def logits_to_labels(logits: Any, *, out_size: Sequence[int]) -> Any:
     """Resize logits to ``out_size`` and take the argmax over classes, fused (no full-size float tensor).
 
     The resize is bilinear with half-pixel centres and no antialiasing
@@ -213,7 +226,15 @@ def logits_to_labels(logits: Any, *, out_size: tuple[int, int]) -> Any:
         arr = cp.ascontiguousarray(arr, dtype=arr_dtype)
         labels = cp.empty((n, out_h, out_w), dtype=cp.uint8)
         core.logits_to_labels_cuda(
-            _device.cuda_ptr(arr), arr_dtype.name, n, c, h, w, _device.cuda_ptr(labels), out_h, out_w,
-            _device.current_stream_ptr(),
-        )  # fmt: skip
+            logits_ptr=_device.cuda_ptr(arr),
+            logits_dtype=arr_dtype.name,
+            batch=n,
+            classes=c,
+            height=h,
+            width=w,
+            labels_ptr=_device.cuda_ptr(labels),
+            out_height=out_h,
+            out_width=out_w,
+            stream=_device.current_stream_ptr(),
+        )
     return labels
