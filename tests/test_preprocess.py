@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 from resunet_trt import _core
-from resunet_trt._image_ops import preprocess
+from resunet_trt.kernels import preprocess
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
