@@ -367,6 +367,7 @@ def save_checkpoint(
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,1 @@
+"""Training of the ResUNet: data, augmentation, losses and the loop (``python training/train.py``)."""

@@ -1,0 +1,765 @@
+"""Train the ResUNet: ``python training/train.py --config training/configs/default.yaml --data DIR``.
+
+One process on CPU or one GPU, or several through ``torchrun`` (DDP; gloo on CPU, nccl on CUDA)::
+
+    python training/train.py --config training/configs/default.yaml --data /data/LiTS --run-dir runs/lits
+    torchrun --nproc_per_node 4 training/train.py --config training/configs/default.yaml --data /data/LiTS
+    python training/train.py --run-dir runs/lits --resume            # continue exactly where it stopped
+    python training/train.py ... --override optim.epochs=50 --override optim.lr=3e-3
+
+What a run leaves in its folder (rank 0 only): ``config.yaml`` (the full configuration used), ``metrics.jsonl``
+(one JSON object per epoch: losses, learning rate, validation metrics), ``best.pt`` and ``last.pt`` (inference
+checkpoints written by :func:`resunet_trt.model.save_checkpoint`: weights, model config, preprocessing, class
+names, training summary, metrics; they load with ``torch.load(weights_only=True)``) and ``resume.pt`` (optimizer,
+scheduler, GradScaler and RNG states for ``--resume``).
+
+Determinism: each epoch's slice draws and augmentations are a pure function of (seed, epoch, sample), and the
+torch/numpy/python RNGs are re-seeded from (seed, epoch) at the start of every epoch, so a run resumed at an epoch
+boundary repeats the uninterrupted run exactly on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import random
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make `training` and `resunet_trt` importable
+    _ROOT = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(_ROOT))
+    if (_ROOT / "python" / "resunet_trt").is_dir():
+        sys.path.insert(1, str(_ROOT / "python"))
+
+from training.augment import AugmentConfig, augment_sample, random_crop  # noqa: E402
+from training.data import (  # noqa: E402
+    Case,
+    PreparedCase,
+    SamplingConfig,
+    epoch_seed,
+    find_cases,
+    load_case,
+    phantom_cases,
+    prepare_case,
+    sample_slices,
+    split_cases,
+)
+from training.losses import LossConfig  # noqa: E402
+
+logger = logging.getLogger("resunet_trt.train")
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "seed": 0,
+    "run_dir": "runs/default",
+    "data": {
+        "sources": [],
+        "liver_only_sources": [],
+        "val_sources": [],
+        "val_fraction": 0.0,
+        "val_cases": [],
+        "phantoms": {"count": 0, "val_count": 0, "shape": [64, 256, 256], "spacing": [2.5, 1.5, 1.5], "seed": 1000},
+        "cache_dtype": "float16",
+    },
+    "preprocess": {"plane_size": [256, 256], "context": 3, "window": [-200.0, 250.0]},
+    "model": {"base_width": 8, "depth": 5, "max_width": 160, "units_per_stage": 1, "upsample": "transpose"},
+    "sampling": {"samples_per_epoch": 512, "tumor_fraction": 0.3, "liver_fraction": 0.4, "crop_size": None,
+                 "crop_foreground_prob": 0.7},
+    "augment": {},
+    "loss": {},
+    "optim": {
+        "epochs": 40,
+        "batch_size": 8,
+        "lr": 2e-3,
+        "weight_decay": 1e-4,
+        "warmup_epochs": 1.0,
+        "schedule": "cosine",
+        "poly_power": 0.9,
+        "min_lr_ratio": 0.01,
+        "grad_clip": 5.0,
+        "amp": "auto",
+    },
+    "val": {"every": 1, "batch_size": 16, "early_stop_patience": 0, "select_best": True,
+            "on_train_cases": False},
+    "loader": {"workers": 1},
+    "threads": 0,
+    "progress": True,
+}
+
+
+# ---- configuration ------------------------------------------------------------------------------------------
+
+
+def deep_update(base: dict[str, Any], new: dict[str, Any], *, where: str = "") -> dict[str, Any]:
+    """Recursively merge ``new`` into a copy of ``base``; unknown top-level sections are an error."""
+    out = copy.deepcopy(base)
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value, where=f"{where}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_override(config: dict[str, Any], text: str) -> None:
+    """Apply ``section.key=value`` (value parsed as YAML) in place."""
+    import yaml
+
+    if "=" not in text:
+        raise ValueError(f"--override expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ValueError(f"--override expects key=value, got {text!r}")
+    node = config
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            raise ValueError(f"--override {key}: {p!r} is not a config section")
+        node = node[p]
+    if parts[-1] not in node and parts[0] not in ("augment", "loss"):
+        raise ValueError(f"--override {key}: unknown key (known here: {sorted(node)})")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """DEFAULT_CONFIG updated by the YAML file at ``path`` and then by ``overrides``."""
+    import yaml
+
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: the config must be a YAML mapping, got {type(loaded).__name__}")
+        unknown = sorted(set(loaded) - set(DEFAULT_CONFIG))
+        if unknown:
+            raise ValueError(f"{path}: unknown config sections {unknown}; known: {sorted(DEFAULT_CONFIG)}")
+        config = deep_update(config, loaded)
+    for text in overrides:
+        apply_override(config, text)
+    return config
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---- distributed --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", rank=info.rank, world_size=world)
+    return info
+
+
+# ---- data pipeline ------------------------------------------------------------------------------------------
+
+
+class SliceDataset:
+    """Map-style dataset over the current epoch's sample table: item i -> (image (K, h, w) float32 tensor,
+    label (h, w) int64 tensor, liver_only bool). The table is set per epoch by :meth:`set_epoch`."""
+
+    def __init__(self, cases: list[PreparedCase], sampling: SamplingConfig, augment: AugmentConfig, seed: int):
+        self.cases = cases
+        self.sampling = sampling
+        self.augment = augment
+        self.seed = seed
+        self.table = np.zeros((0, 3), np.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.table = sample_slices(self.cases, self.sampling, seed=self.seed, epoch=epoch)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, bool]:
+        import torch
+
+        c, s, aug_seed = (int(v) for v in self.table[i])
+        case = self.cases[c]
+        rng = np.random.default_rng(aug_seed)
+        image, label = augment_sample(case.x[s], case.y[s], self.augment, rng)
+        if self.sampling.crop_size is not None:
+            image, label = random_crop(image, label, self.sampling.crop_size, rng,
+                                       foreground_prob=self.sampling.crop_foreground_prob)
+        return torch.from_numpy(image), torch.from_numpy(label.astype(np.int64)), case.kind == "liver_only"
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# ---- model, schedule ----------------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, *, total: int, warmup: int, schedule: str, power: float, min_ratio: float) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step``: linear warmup, then cosine or poly decay
+    to ``min_ratio``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * t))
+    elif schedule == "poly":
+        decay = (1.0 - t) ** power
+    else:
+        raise ValueError(f"optim.schedule must be 'cosine' or 'poly', got {schedule!r}")
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+def _amp_dtype(setting: str, device_type: str) -> Any:
+    import torch
+
+    if device_type != "cuda" or setting in ("off", "none", False, None):
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if setting == "bf16":
+        return torch.bfloat16
+    if setting == "fp16":
+        return torch.float16
+    raise ValueError(f"optim.amp must be 'auto', 'bf16', 'fp16' or 'off', got {setting!r}")
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    np_state = np.random.get_state()
+    state = {
+        "python": [list(random.getstate()[1]), random.getstate()[0]],
+        "numpy": [torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    random.setstate((state["python"][1], tuple(state["python"][0]), None))
+    key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- validation ---------------------------------------------------------------------------------------------
+
+
+def predict_case(model: Any, case: PreparedCase, *, device: Any, batch_size: int, amp_dtype: Any) -> np.ndarray:
+    """Labels uint8 (D, H, W) at the case's original resolution, through ``kernels.logits_to_labels``."""
+    import torch
+
+    from training import ops
+
+    out = np.empty(case.labels.shape, np.uint8)
+    hw = case.labels.shape[1:]
+    with torch.no_grad():
+        for start in range(0, case.x.shape[0], batch_size):
+            xb = torch.from_numpy(np.asarray(case.x[start : start + batch_size], dtype=np.float32)).to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(xb)
+            out[start : start + len(xb)] = ops.logits_to_labels(logits.float().cpu().numpy(), out_size=hw)
+    return out
+
+
+def validate(model: Any, cases: list[PreparedCase], *, device: Any, batch_size: int, amp_dtype: Any) -> dict[str, Any]:
+    """Per-volume Dice/IoU/precision/recall for liver (labels >= 1) and tumor (label 2; full-label cases only)."""
+    model.eval()
+    per_case = {}
+    for case in cases:
+        pred = predict_case(model, case, device=device, batch_size=batch_size, amp_dtype=amp_dtype)
+        per_case[case.name] = volume_metrics(pred, case.labels, tumor=case.kind == "full")
+    model.train()
+    return {"cases": per_case, "mean_dice": mean_dice(per_case), **_class_means(per_case)}
+
+
+def volume_metrics(pred: np.ndarray, gt: np.ndarray, *, tumor: bool) -> dict[str, dict[str, float]]:
+    """Dice, IoU, precision and recall of one (D, H, W) prediction, per class, by ``resunet_trt.metrics``."""
+    from resunet_trt.metrics import evaluate_case
+
+    classes = ("liver", "tumor") if tumor else ("liver",)
+    scores = evaluate_case(pred, gt, (1.0, 1.0, 1.0), classes=classes, surface=False)
+    return {c: {k: float(scores[c][k]) for k in ("dice", "iou", "precision", "recall")} for c in classes}
+
+
+def mean_dice(per_case: dict[str, dict[str, dict[str, float]]]) -> float:
+    """Model-selection score: the mean over cases of the mean Dice of the classes scored in each case."""
+    if not per_case:
+        return float("nan")
+    return float(np.mean([np.mean([v["dice"] for v in case.values()]) for case in per_case.values()]))
+
+
+def _class_means(per_case: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for cls in ("liver", "tumor"):
+        for m in ("dice", "iou", "precision", "recall"):
+            vals = [v[cls][m] for v in per_case.values() if cls in v]
+            if vals:
+                out[f"{cls}_{m}"] = float(np.mean(vals))
+    return out
+
+
+# ---- the run ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained module (unwrapped, in eval mode), the run folder, the last
+    validation, and the per-epoch history."""
+
+    model: Any
+    run_dir: Path
+    best_metric: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _collect_cases(config: dict[str, Any]) -> tuple[list[Case], list[Case]]:
+    """Load (train cases, validation cases), checking every file before any training starts."""
+    dcfg = config["data"]
+    seed = int(config["seed"])
+    specs_by_role: list[tuple[Any, str]] = []
+    for src in dcfg["sources"]:
+        specs_by_role += [(s, "pool") for s in find_cases(src)]
+    for src in dcfg["liver_only_sources"]:
+        specs_by_role += [(s, "pool") for s in find_cases(src, kind="liver_only")]
+    for src in dcfg["val_sources"]:
+        specs_by_role += [(s, "val") for s in find_cases(src)]
+    names = [s.name for s, _ in specs_by_role]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"case names appear twice across data sources: {dup}")
+    pphan = dcfg["phantoms"]
+    if not specs_by_role and int(pphan.get("count", 0)) <= 0:
+        raise ValueError("no training data: give --data DIR (or data.sources in the config) or data.phantoms.count")
+    loaded = {s.name: load_case(s) for s, _ in specs_by_role}  # every file checked here, before training
+    pool = [s.name for s, role in specs_by_role if role == "pool"]
+    forced_val = [s.name for s, role in specs_by_role if role == "val"]
+    train_names, val_names = split_cases(
+        pool, val_fraction=float(dcfg["val_fraction"]), seed=seed, val_names=dcfg["val_cases"]
+    ) if pool else ([], [])
+    train = [loaded[n] for n in train_names]
+    val = [loaded[n] for n in val_names + forced_val]
+    n_ph, n_ph_val = int(pphan.get("count", 0)), int(pphan.get("val_count", 0))
+    phantoms = phantom_cases(n_ph + n_ph_val, shape=pphan["shape"], spacing=pphan["spacing"], seed=int(pphan["seed"]))
+    train += phantoms[:n_ph]
+    val += phantoms[n_ph:]
+    if not train:
+        raise ValueError("the split left no training case")
+    return train, val
+
+
+def train(
+    config: dict[str, Any], *, resume: bool = False, command: str | None = None, device: str = "auto"
+) -> TrainResult:
+    """Run (or resume) a training described by ``config`` (see DEFAULT_CONFIG and training/configs/default.yaml).
+
+    Args:
+        config: the full configuration.
+        resume: continue from ``run_dir/resume.pt`` (exactly: model, optimizer, scheduler, scaler, RNG, epoch).
+        command: the command line, recorded in the checkpoints.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+
+    Returns:
+        :class:`TrainResult`.
+    """
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from resunet_trt.metadata import ModelMetadata
+    from resunet_trt.model import ResUNet, ResUNetConfig, check_plane_size, count_parameters, save_checkpoint
+    from training.losses import segmentation_loss
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev_type = torch.device(device).type
+    dist_info = init_distributed(dev_type)
+    if dev_type == "cuda":
+        dev = torch.device("cuda", dist_info.local_rank if dist_info.enabled else (torch.device(device).index or 0))
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if int(config.get("threads", 0)) > 0:
+        torch.set_num_threads(int(config["threads"]))
+
+    run_dir = Path(config["run_dir"])
+    state_path = run_dir / "resume.pt"
+    if resume and not state_path.is_file():
+        raise ValueError(f"--resume: no resume state at {state_path}")
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    pcfg = config["preprocess"]
+    plane = (int(pcfg["plane_size"][0]), int(pcfg["plane_size"][1]))
+    context = int(pcfg["context"])
+    window = (float(pcfg["window"][0]), float(pcfg["window"][1]))
+    model_cfg = ResUNetConfig.from_dict({**config["model"], "in_channels": context, "num_classes": 3})
+    check_plane_size(model_cfg, plane)
+    sampling = SamplingConfig(**config["sampling"])
+    if sampling.crop_size is not None:
+        check_plane_size(model_cfg, sampling.crop_size)
+    augment = AugmentConfig.from_dict(config["augment"])
+    loss_cfg = LossConfig.from_dict(config["loss"])
+    ocfg, vcfg = config["optim"], config["val"]
+    seed = int(config["seed"])
+    batch_size = int(ocfg["batch_size"])
+    epochs = int(ocfg["epochs"])
+    amp_dtype = _amp_dtype(ocfg["amp"], dev_type)
+
+    # ---- data: every file is checked before the first step
+    t0 = time.perf_counter()
+    train_cases, val_cases = _collect_cases(config)
+    prep = dict(window=window, plane_size=plane, context=context, dtype=config["data"]["cache_dtype"])
+    train_prep = [prepare_case(c, **prep) for c in train_cases]
+    val_prep = [prepare_case(c, **prep) for c in val_cases]
+    if bool(config["val"]["on_train_cases"]):  # an overfitting check: score the training cases themselves
+        val_prep += [c for c in train_prep if not c.name.startswith("phantom-")]
+    logger.info(
+        "data: %d training cases (%s), %d validation cases (%s), prepared in %.1f s",
+        len(train_prep), ", ".join(c.name for c in train_prep), len(val_prep),
+        ", ".join(c.name for c in val_prep) or "none", time.perf_counter() - t0,
+    )
+    dataset = SliceDataset(train_prep, sampling, augment, seed)
+    per_rank = sampling.samples_per_epoch // dist_info.world_size
+    steps_per_epoch = max(1, per_rank // batch_size)
+    total_steps = steps_per_epoch * epochs
+    warmup_steps = int(round(float(ocfg["warmup_epochs"]) * steps_per_epoch))
+
+    # ---- model, optimizer, schedule
+    _seed_everything(epoch_seed(seed, -1))
+    model = ResUNet(model_cfg).to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(ocfg["lr"]), weight_decay=float(ocfg["weight_decay"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(step, total=total_steps, warmup=warmup_steps, schedule=str(ocfg["schedule"]),
+                               power=float(ocfg["poly_power"]), min_ratio=float(ocfg["min_lr_ratio"])),
+    )
+    scaler = torch.amp.GradScaler(dev_type, enabled=amp_dtype == torch.float16)
+    start_epoch, best, bad_evals, history = 0, None, 0, []
+    if resume:
+        state = torch.load(state_path, map_location=dev, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start_epoch, best, bad_evals = int(state["epoch"]), state["best"], int(state["bad_evals"])
+        history = json.loads(state["history"])
+        logger.info("resumed from %s at epoch %d", state_path, start_epoch)
+    net: Any = model
+    if dist_info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev_type == "cuda" else None
+        )
+
+    metadata = ModelMetadata(plane_size=plane, context=context, window=window, model_config=model_cfg.to_dict())
+    summary_base = {
+        "command": command or "",
+        "config": json.loads(json.dumps(config)),
+        "train_cases": [c.name for c in train_prep],
+        "val_cases": [c.name for c in val_prep],
+        "parameters": count_parameters(model),
+        "world_size": dist_info.world_size,
+        "device": str(dev),
+    }
+    if dist_info.is_main:
+        import yaml
+
+        _atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        if command:
+            _atomic_write_text(run_dir / "command.txt", command + "\n")
+        logger.info("model: %s, %d parameters; %d epochs x %d steps of %d slices%s", model_cfg.widths,
+                    count_parameters(model), epochs, steps_per_epoch, batch_size,
+                    f" x {dist_info.world_size} ranks" if dist_info.enabled else "")
+
+    def save_inference(path: Path, epoch: int, val: dict[str, Any] | None) -> None:
+        extra = {
+            "training": {**summary_base, "epochs_done": epoch, "history_tail": history[-3:]},
+            "metrics": _jsonable(val) if val else {},
+        }
+        save_checkpoint(path, model, metadata, extra=extra)
+
+    progress = bool(config.get("progress", True)) and dist_info.is_main
+    workers = int(config["loader"]["workers"])
+    last_val: dict[str, Any] | None = None
+    stop = False
+    epoch = start_epoch
+    for epoch in range(start_epoch, epochs):
+        ep_seed = epoch_seed(seed, epoch)
+        _seed_everything(ep_seed)
+        dataset.set_epoch(epoch)
+        sampler = (
+            DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=False,
+                               drop_last=True)
+            if dist_info.enabled else None
+        )
+        loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=True, num_workers=workers,
+            worker_init_fn=_worker_init if workers > 0 else None, pin_memory=dev_type == "cuda",
+            generator=torch.Generator().manual_seed(ep_seed),
+        )
+        model.train()
+        sums: dict[str, float] = {}
+        n_steps = 0
+        t_ep = time.perf_counter()
+        bar = _progress(loader, progress, f"epoch {epoch + 1}/{epochs}", steps_per_epoch)
+        for x, y, liver_only in bar:
+            x, y, liver_only = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), liver_only.to(dev)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(dev_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = net(x)
+            loss, parts = segmentation_loss(logits, y, liver_only, loss_cfg)
+            scaler.scale(loss).backward()
+            if float(ocfg["grad_clip"]) > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(ocfg["grad_clip"]))
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            n_steps += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if progress and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if n_steps >= steps_per_epoch:
+                break
+        elapsed = time.perf_counter() - t_ep
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": round(elapsed, 3),
+            "slices_per_s": round(n_steps * batch_size * dist_info.world_size / max(elapsed, 1e-9), 2),
+            **{f"train_{k}": v / max(1, n_steps) for k, v in sums.items()},
+        }
+
+        every = int(vcfg["every"])
+        is_last = epoch + 1 == epochs
+        if val_prep and every > 0 and ((epoch + 1) % every == 0 or is_last):
+            improved = False
+            if dist_info.is_main:
+                last_val = validate(model, val_prep, device=dev, batch_size=int(vcfg["batch_size"]),
+                                    amp_dtype=amp_dtype)
+                record["val"] = _jsonable(last_val)
+                score = last_val["mean_dice"]
+                improved = best is None or score > best or not bool(vcfg["select_best"])
+                if improved:
+                    best, bad_evals = score, 0
+                else:
+                    bad_evals += 1
+                patience = int(vcfg["early_stop_patience"])
+                stop = patience > 0 and bad_evals >= patience
+                logger.info("epoch %d: loss %.4f, val mean Dice %.4f (liver %.4f, tumor %s)%s", epoch + 1,
+                            record.get("train_loss", float("nan")), score, last_val.get("liver_dice", float("nan")),
+                            f"{last_val['tumor_dice']:.4f}" if "tumor_dice" in last_val else "n/a",
+                            " *" if improved else "")
+            stop = _broadcast_flag(stop, dist_info)
+            history.append(record)
+            if dist_info.is_main and improved:
+                save_inference(run_dir / "best.pt", epoch + 1, last_val)
+        else:
+            history.append(record)
+            if dist_info.is_main:
+                logger.info("epoch %d: loss %.4f (%.1f slices/s)", epoch + 1, record.get("train_loss", float("nan")),
+                            record["slices_per_s"])
+        if dist_info.is_main:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            save_inference(run_dir / "last.pt", epoch + 1, last_val)
+            _atomic_torch_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": _rng_state(),
+                    "epoch": epoch + 1,
+                    "best": best,
+                    "bad_evals": bad_evals,
+                    "history": json.dumps(history),
+                },
+                state_path,
+            )
+        if dist_info.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+        if stop:
+            logger.info("early stopping after epoch %d (no improvement in %d validations)", epoch + 1, bad_evals)
+            break
+
+    if dist_info.is_main and not val_prep:
+        save_inference(run_dir / "best.pt", epoch + 1, None)
+    model.eval()
+    return TrainResult(model=model, run_dir=run_dir, best_metric=best, history=history)
+
+
+def _broadcast_flag(flag: bool, dist_info: DistInfo) -> bool:
+    if not dist_info.enabled:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def _progress(it: Any, enabled: bool, desc: str, total: int) -> Any:
+    if not enabled:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types only (checkpoints must load with weights_only=True)."""
+    return json.loads(json.dumps(obj, default=float))
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python training/train.py",
+        description="Train the resunet-trt ResUNet (liver and tumor segmentation of CT).",
+    )
+    p.add_argument("--config", type=Path, help="YAML config (defaults: DEFAULT_CONFIG in training/train.py)")
+    p.add_argument("--data", action="append", default=[], metavar="DIR_OR_CSV",
+                   help="data source with liver+tumor labels (LiTS folder, MSD Task03 folder, case folder or "
+                        "image,label[,kind] CSV); repeatable")
+    p.add_argument("--liver-only-data", action="append", default=[], metavar="DIR_OR_CSV",
+                   help="data source whose labels mark the liver only (tumor not annotated); repeatable")
+    p.add_argument("--val-data", action="append", default=[], metavar="DIR_OR_CSV",
+                   help="data source used only for validation (held out); repeatable")
+    p.add_argument("--run-dir", type=Path, help="output folder (config: run_dir)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a config value, e.g. optim.lr=1e-3 (value parsed as YAML); repeatable")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun sets the local GPU)")
+    p.add_argument("--export", type=Path, metavar="PT",
+                   help="after training, copy the best checkpoint to this path (e.g. the bundled default model)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = list(args.override)
+    if args.resume:
+        if args.run_dir is None:
+            raise SystemExit("--resume needs --run-dir")
+        config = load_config(args.run_dir / "config.yaml", overrides)
+    else:
+        config = load_config(args.config, overrides)
+    data = config["data"]
+    data["sources"] = list(data["sources"]) + [str(d) for d in args.data]
+    data["liver_only_sources"] = list(data["liver_only_sources"]) + [str(d) for d in args.liver_only_data]
+    data["val_sources"] = list(data["val_sources"]) + [str(d) for d in args.val_data]
+    if args.resume:  # sources are already in the snapshot; CLI repeats must not duplicate them
+        for key in ("sources", "liver_only_sources", "val_sources"):
+            data[key] = list(dict.fromkeys(data[key]))
+    if args.run_dir is not None:
+        config["run_dir"] = str(args.run_dir)
+    if args.no_progress:
+        config["progress"] = False
+    command = " ".join(shlex.quote(a) for a in ["python", "training/train.py", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        result = train(config, resume=args.resume, command=command, device=args.device)
+    except ValueError as exc:
+        logging.getLogger("resunet_trt.train").error("%s", exc)
+        return 2
+    if args.export is not None and int(os.environ.get("RANK", "0")) == 0:
+        import shutil
+
+        args.export.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.export.with_name(f".{args.export.name}.tmp")
+        shutil.copyfile(result.run_dir / "best.pt", tmp)
+        os.replace(tmp, args.export)
+        print(f"exported {result.run_dir / 'best.pt'} -> {args.export}")
+    if result.best_metric is not None:
+        print(f"best validation mean Dice: {result.best_metric:.4f} ({result.run_dir / 'best.pt'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
