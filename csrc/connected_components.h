@@ -35,6 +35,10 @@ struct VolumeShape {
   int64_t rows() const { return depth * height; }
 };
 
+// Volumes smaller than this run on one thread: there a parallel region costs more than it saves, above all
+// on a loaded machine where a descheduled thread stalls the others at every barrier.
+constexpr int64_t kParallelMinVoxels = int64_t{1} << 22;
+
 // Which voxel values count as foreground.
 enum class Foreground : int { kNonZero = 0, kTumor = 1 };
 

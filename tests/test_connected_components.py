@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from typing import ClassVar
 
 import cc3d
 import numpy as np
 import pytest
-from scipy import ndimage
-
 from resunet_trt import kernels
 from resunet_trt._device import core
+from scipy import ndimage
 
 CONNECTIVITIES = (6, 18, 26)
 RANK = {6: 1, 18: 2, 26: 3}  # scipy structure rank for each connectivity
@@ -80,6 +80,15 @@ def test_random_masks_match_scipy(connectivity, density):
     ref, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, RANK[connectivity]))
     assert count == n
     np.testing.assert_array_equal(labels, raster_relabel(ref))
+
+
+@pytest.mark.parametrize("connectivity", CONNECTIVITIES)
+def test_volume_large_enough_for_threads_matches_cc3d(connectivity):
+    # Above 2^22 voxels the CPU kernel splits the slices into slabs and merges the slab boundaries.
+    rng = np.random.default_rng(connectivity)
+    mask = rng.random((64, 256, 257), dtype=np.float32) < 0.4
+    assert mask.size >= 1 << 22
+    assert_matches_cc3d(mask, connectivity)
 
 
 @pytest.mark.parametrize("connectivity", CONNECTIVITIES)
@@ -243,7 +252,12 @@ def test_connectivity_of_wrong_type_raises(connectivity):
 class _FakeCudaArray:
     """Exposes __cuda_array_interface__ without any GPU behind it."""
 
-    __cuda_array_interface__ = {"shape": (2, 2, 2), "typestr": "|u1", "data": (0, False), "version": 3}
+    __cuda_array_interface__: ClassVar[dict] = {
+        "shape": (2, 2, 2),
+        "typestr": "|u1",
+        "data": (0, False),
+        "version": 3,
+    }
 
 
 @pytest.mark.skipif(core().built_with_cuda, reason="this build has CUDA")

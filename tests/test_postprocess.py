@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
-
 from resunet_trt import kernels
+from scipy import ndimage
 
 CONNECTIVITIES = (6, 18, 26)
 RANK = {6: 1, 18: 2, 26: 3}
@@ -70,6 +69,22 @@ def test_postprocess_noise_matches_reference(connectivity, min_lesion_voxels):
     labels = noise_labels((7, 9, 75), seed=connectivity)
     out = kernels.postprocess(labels, min_lesion_voxels=min_lesion_voxels, connectivity=connectivity)
     np.testing.assert_array_equal(out, reference_postprocess(labels, min_lesion_voxels, connectivity))
+
+
+def test_postprocess_and_stats_large_volume_match_reference():
+    # Above 2^22 voxels the CPU kernels use several threads and merge slab boundaries.
+    labels = np.zeros((64, 256, 256), np.uint8)
+    small = blob_labels((16, 64, 64), seed=6)
+    labels[:] = np.tile(small, (4, 4, 4))
+    labels[:, 128, :] = 0  # cut the tiling into two differently sized halves
+    labels[:, 40:50, 40:50] = 2
+    out = kernels.postprocess(labels, min_lesion_voxels=30)
+    np.testing.assert_array_equal(out, reference_postprocess(labels, 30, 26))
+    stats = kernels.lesion_stats(out)
+    comp, n = label_raster(out == 2, 26)
+    assert stats["count"] == n
+    np.testing.assert_array_equal(stats["component_labels"], comp)
+    np.testing.assert_array_equal(stats["voxels"], np.bincount(comp.ravel())[1:])
 
 
 @pytest.mark.parametrize("order", ["F", "strided"])
@@ -225,7 +240,9 @@ def assert_stats_equal(stats, ref) -> None:
 @pytest.mark.parametrize("make", [blob_labels, noise_labels])
 def test_lesion_stats_match_numpy(connectivity, make):
     labels = make((10, 14, 70), 3)
-    assert_stats_equal(kernels.lesion_stats(labels, connectivity=connectivity), reference_lesion_stats(labels, connectivity))
+    assert_stats_equal(
+        kernels.lesion_stats(labels, connectivity=connectivity), reference_lesion_stats(labels, connectivity)
+    )
 
 
 @pytest.mark.parametrize("case", ["lits117", "lits_small"])
@@ -237,7 +254,9 @@ def test_lesion_stats_real_ct(request, case):
 def test_lesion_stats_no_tumor():
     stats = kernels.lesion_stats(np.ones((3, 4, 5), np.uint8))
     assert stats["count"] == 0
-    assert stats["voxels"].shape == (0,) and stats["bbox"].shape == (0, 6) and stats["centroid"].shape == (0, 3)
+    assert (
+        stats["voxels"].shape == (0,) and stats["bbox"].shape == (0, 6) and stats["centroid"].shape == (0, 3)
+    )
     assert not stats["component_labels"].any()
 
 
@@ -260,7 +279,9 @@ def test_cuda_postprocess_equals_cpu(connectivity, min_lesion_voxels):
 
     for labels in (blob_labels((20, 28, 36), 0), noise_labels((7, 9, 75), 1), np.zeros((2, 3, 4), np.uint8)):
         cpu = kernels.postprocess(labels, min_lesion_voxels=min_lesion_voxels, connectivity=connectivity)
-        gpu = kernels.postprocess(cp.asarray(labels), min_lesion_voxels=min_lesion_voxels, connectivity=connectivity)
+        gpu = kernels.postprocess(
+            cp.asarray(labels), min_lesion_voxels=min_lesion_voxels, connectivity=connectivity
+        )
         assert isinstance(gpu, cp.ndarray) and gpu.dtype == cp.uint8
         np.testing.assert_array_equal(cp.asnumpy(gpu), cpu)
 
@@ -271,7 +292,9 @@ def test_cuda_postprocess_and_stats_equal_cpu_real_ct(request, case):
     import cupy as cp
 
     _, labels = request.getfixturevalue(case)
-    np.testing.assert_array_equal(cp.asnumpy(kernels.postprocess(cp.asarray(labels))), kernels.postprocess(labels))
+    np.testing.assert_array_equal(
+        cp.asnumpy(kernels.postprocess(cp.asarray(labels))), kernels.postprocess(labels)
+    )
     cpu = kernels.lesion_stats(labels)
     gpu = kernels.lesion_stats(cp.asarray(labels))
     assert gpu["count"] == cpu["count"]

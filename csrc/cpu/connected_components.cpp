@@ -9,8 +9,9 @@
 // column where the connectivity allows a diagonal step in W (18: in-plane and through-plane edge rows;
 // 26: all four rows). Labelling runs instead of voxels makes the union-find a few percent of the work.
 //
-// Threads take slabs of whole slices; each labels its slab alone (it only touches its own runs), then the
-// slab boundaries are merged serially (a few thousand runs at most). Because the union always links the
+// Threads take slabs of whole slices (a few slabs per thread, handed out dynamically, so one thread delayed
+// by the OS does not stall the rest); each slab is labelled alone (it only touches its own runs), then the
+// slab boundaries are merged serially (a few thousand runs at most). Small volumes stay on one thread. Because the union always links the
 // larger root below the smaller one, parent[i] <= i, the root of a component is its first run in raster
 // order, and one serial sweep numbers the components in raster order of their first voxel.
 // Pass 2 writes the int32 labels row by row in parallel; output writing dominates the time.
@@ -224,15 +225,17 @@ RunLabeling LabelRunsCpu(const uint8_t* volume, const VolumeShape& shape, Foregr
   lab.row_start.assign(static_cast<size_t>(n_rows + 1), 0);
   if (shape.voxels() == 0) return lab;
 
-  // Slabs of whole slices, one per thread (no more slabs than slices).
-  const int64_t n_slabs = std::max<int64_t>(1, std::min<int64_t>(NumThreads(), D));
+  // Slabs of whole slices, a few per thread so a thread that the OS delays does not hold up the others
+  // (no more slabs than slices; one slab for small volumes).
+  const int n_threads = shape.voxels() >= kParallelMinVoxels ? NumThreads() : 1;
+  const int64_t n_slabs = std::max<int64_t>(1, std::min<int64_t>(n_threads == 1 ? 1 : 4 * n_threads, D));
   std::vector<int64_t> slab_d(static_cast<size_t>(n_slabs + 1));
   for (int64_t s = 0; s <= n_slabs; ++s) slab_d[s] = D * s / n_slabs;
   std::vector<std::vector<Run>> slab_runs(static_cast<size_t>(n_slabs));
   std::vector<uint8_t> slab_max(static_cast<size_t>(n_slabs), 0);
   int64_t* row_counts = lab.row_start.data() + 1;
 
-#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(n_slabs))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
   for (int64_t s = 0; s < n_slabs; ++s) {
     slab_runs[s].reserve(static_cast<size_t>((slab_d[s + 1] - slab_d[s]) * H));
     if (foreground == Foreground::kNonZero) {
@@ -257,7 +260,7 @@ RunLabeling LabelRunsCpu(const uint8_t* volume, const VolumeShape& shape, Foregr
   NeighbourRow nbrs[4];
   const int n_nbrs = NeighbourRows(connectivity, nbrs);
 
-#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(n_slabs))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
   for (int64_t s = 0; s < n_slabs; ++s) {
     const int64_t first = lab.row_start[slab_d[s] * H];
     std::copy(slab_runs[s].begin(), slab_runs[s].end(), lab.runs.begin() + first);
@@ -295,7 +298,8 @@ RunLabeling LabelRunsCpu(const uint8_t* volume, const VolumeShape& shape, Foregr
 void WriteRunLabelsCpu(const RunLabeling& lab, int32_t* labels) {
   const int64_t n_rows = lab.shape.rows(), W = lab.shape.width;
   if (lab.shape.voxels() == 0) return;
-#pragma omp parallel for schedule(static)
+  const int64_t chunk = std::max<int64_t>(1, lab.shape.height);  // one slice per task
+#pragma omp parallel for schedule(dynamic, chunk) if (lab.shape.voxels() >= kParallelMinVoxels)
   for (int64_t r = 0; r < n_rows; ++r) {
     int32_t* out = labels + r * W;
     int32_t pos = 0;

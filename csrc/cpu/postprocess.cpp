@@ -42,6 +42,8 @@ void PostprocessCpu(const uint8_t* labels, const VolumeShape& shape, int64_t min
   const RunLabeling fg = LabelRunsCpu(labels, shape, Foreground::kNonZero, connectivity);
   CheckLabelValues(fg);
   const int64_t n_rows = shape.rows(), W = shape.width;
+  const bool parallel = shape.voxels() >= kParallelMinVoxels;
+  const int64_t chunk = std::max<int64_t>(1, shape.height);  // one slice per task
   if (fg.count == 0) {
     if (shape.voxels() > 0) std::memset(out, 0, static_cast<size_t>(shape.voxels()));
     return;
@@ -52,7 +54,7 @@ void PostprocessCpu(const uint8_t* labels, const VolumeShape& shape, int64_t min
 
   // Tumor components lie inside one foreground component each, so only rows of the kept one need reading.
   std::vector<uint8_t> rows_of_keep(static_cast<size_t>(n_rows), 0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, chunk) if (parallel)
   for (int64_t r = 0; r < n_rows; ++r) {
     for (int64_t i = fg.row_start[r]; i < fg.row_start[r + 1]; ++i) {
       if (fg.label[i] == keep) {
@@ -64,7 +66,7 @@ void PostprocessCpu(const uint8_t* labels, const VolumeShape& shape, int64_t min
   const RunLabeling tumor = LabelRunsCpu(labels, shape, Foreground::kTumor, connectivity, &rows_of_keep);
   const std::vector<int64_t> tumor_size = ComponentSizes(tumor);
 
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, chunk) if (parallel)
   for (int64_t r = 0; r < n_rows; ++r) {
     uint8_t* row = out + r * W;
     std::memset(row, 0, static_cast<size_t>(W));

@@ -14,7 +14,16 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from ._device import as_cupy, as_numpy, core, cuda_ptr, cupy, current_stream_ptr, is_cuda_array, require_cuda_build
+from ._device import (
+    as_cupy,
+    as_numpy,
+    core,
+    cuda_ptr,
+    cupy,
+    current_stream_ptr,
+    is_cuda_array,
+    require_cuda_build,
+)
 
 __all__ = ["LesionStats", "connected_components", "lesion_stats", "postprocess"]
 
@@ -149,7 +158,12 @@ def postprocess(labels: Any, *, min_lesion_voxels: int = 10, connectivity: int =
         vol = _device_volume(labels, "labels", allow_bool=False)
         out = cp.empty(vol.shape, dtype=cp.uint8)
         mod.postprocess_cuda(
-            cuda_ptr(vol), tuple(vol.shape), min_lesion_voxels, connectivity, cuda_ptr(out), current_stream_ptr()
+            cuda_ptr(vol),
+            tuple(vol.shape),
+            min_lesion_voxels,
+            connectivity,
+            cuda_ptr(out),
+            current_stream_ptr(),
         )
         return out
     vol = _host_volume(labels, "labels", allow_bool=False)
@@ -184,7 +198,9 @@ def lesion_stats(labels: Any, *, connectivity: int = 26) -> LesionStats:
         components = cp.empty(vol.shape, dtype=cp.int32)
         stream = current_stream_ptr()
         count = int(
-            mod.tumor_components_cuda(cuda_ptr(vol), tuple(vol.shape), connectivity, cuda_ptr(components), stream)
+            mod.tumor_components_cuda(
+                cuda_ptr(vol), tuple(vol.shape), connectivity, cuda_ptr(components), stream
+            )
         )
         voxels = cp.zeros((count,), dtype=cp.int64)
         bbox = cp.zeros((count, 6), dtype=cp.int64)
