@@ -218,6 +218,7 @@ VOL = np.zeros((4, 8, 8), np.int16)
         (VOL, {"window": (100.0, 100.0 + 1e-9)}, ValueError, "window must satisfy lo < hi"),
         (VOL, {"window": (float("nan"), 100.0)}, ValueError, "window must be finite"),
         (VOL, {"window": (-200.0, float("inf"))}, ValueError, "window must be finite"),
+        (VOL, {"window": (-1e39, 0.0)}, ValueError, "window must be finite"),
         (VOL, {"window": (-200.0,)}, TypeError, "window"),
         (VOL, {"window": "wide"}, TypeError, "window"),
         (VOL, {"window": ("a", 1.0)}, TypeError, "window"),

@@ -50,8 +50,9 @@ def _window(window: Any) -> tuple[float, float]:
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise TypeError(f"window must be a pair of numbers (lo, hi) in HU, got {window!r}")
     lo, hi = float(window[0]), float(window[1])
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"window must be finite, got ({lo}, {hi})")
+    float32_max = float(np.finfo(np.float32).max)
+    if not (math.isfinite(lo) and math.isfinite(hi) and abs(lo) <= float32_max and abs(hi) <= float32_max):
+        raise ValueError(f"window must be finite (as float32), got ({lo}, {hi})")
     # The kernels work in float32: lo < hi must survive the rounding, or (v - lo) / (hi - lo) divides by 0.
     if not np.float32(lo) < np.float32(hi):
         raise ValueError(f"window must satisfy lo < hi, got ({lo}, {hi})")
