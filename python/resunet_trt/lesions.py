@@ -149,7 +149,7 @@ def longest_axial_diameter_mm(component_mask: np.ndarray, spacing: Sequence[floa
     xs = np.flatnonzero(mask.any(axis=(0, 1)))
     crop = mask[zs[0] : zs[-1] + 1, ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
     width = crop.shape[2]
-    row_has = crop.any(axis=2)  # (d, h)
+    row_has = np.asarray(crop.any(axis=2))  # (d, h)
     left = crop.argmax(axis=2)  # first True per row
     right = width - 1 - crop[:, :, ::-1].argmax(axis=2)  # last True per row
 

@@ -113,13 +113,13 @@ def parse_variant(item: str) -> Variant:
         except FileNotFoundError as exc:
             raise UsageError(f"--compare {text}: {exc}") from exc
     path = Path(text)
-    backend = SUFFIX_BACKEND.get(path.suffix.lower())
-    if backend is None:
+    suffix_backend = SUFFIX_BACKEND.get(path.suffix.lower())
+    if suffix_backend is None:
         raise UsageError(
             f"--compare item {text!r} is neither a bundled variant ({', '.join(sorted(BUNDLED))}) nor a model "
             f"file ending in {', '.join(sorted(SUFFIX_BACKEND))}"
         )
-    return Variant(label=path.name, model=path, backend=backend)
+    return Variant(label=path.name, model=path, backend=suffix_backend)
 
 
 def select_variants(args: argparse.Namespace) -> list[Variant]:

@@ -87,14 +87,15 @@ def file_kind(path: Path) -> str:
     """``"label"``, ``"image"`` or ``"unknown"`` for a NIfTI file, from its name and folder (see the module doc)."""
     stem = strip_nifti_suffix(path.name).lower()
     parent = path.parent.name.lower()
-    if stem.startswith("segmentation-") or parent in _LABEL_DIRS:
+    if parent in _LABEL_DIRS:
         return "label"
-    if stem.startswith("volume-") or parent in _IMAGE_DIRS:
+    if parent in _IMAGE_DIRS:
         return "image"
     last = re.split(r"[_\-.]", stem)[-1]
-    if stem in _LABEL_WORDS or last in _LABEL_WORDS:
+    # The suffix wins over a LiTS prefix: resunet-seg writes volume-N_mask for volume-N.
+    if stem.startswith("segmentation-") or stem in _LABEL_WORDS or last in _LABEL_WORDS:
         return "label"
-    if stem in _IMAGE_WORDS or last in _IMAGE_WORDS:
+    if stem.startswith("volume-") or stem in _IMAGE_WORDS or last in _IMAGE_WORDS:
         return "image"
     return "unknown"
 
@@ -188,7 +189,8 @@ def discover(root: str | os.PathLike[str]) -> tuple[dict[str, CaseFiles], list[s
         n_unknown = sum(k == "unknown" for k in kinds.values())
         small = n_label <= 1 and n_image <= 1 and (n_label + n_image + n_unknown) <= 2
         generic = all(strip_nifti_suffix(m.name).lower() in _LABEL_WORDS + _IMAGE_WORDS for m in members)
-        if small and (folder != base or generic) and n_label + n_unknown >= 1:
+        collection = folder.name.lower() in _LABEL_DIRS + _IMAGE_DIRS  # MSD imagesTr/labelsTr hold many cases
+        if small and not collection and (folder != base or generic) and n_label + n_unknown >= 1:
             key = folder.relative_to(base).as_posix() if folder != base else base.resolve().name
             for m, kind in kinds.items():
                 put(key, m, kind)
@@ -243,16 +245,16 @@ def reference_geometry(gt_path: Path) -> Any:
     from resunet_trt.io import CTVolume, DiskGeometry
 
     try:
-        img = nib.load(str(gt_path))
+        img: Any = nib.load(str(gt_path))
     except Exception as exc:
         raise ValueError(f"{gt_path}: cannot read as a NIfTI image ({type(exc).__name__}: {exc})") from exc
     if len(img.shape) != 3:
         raise ValueError(f"{gt_path}: a label volume needs 3 dimensions, got shape {img.shape}")
     geometry = DiskGeometry.from_affine(img.shape, np.asarray(img.affine, dtype=np.float64))
     affine = geometry.canonical_affine()
-    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    dz, dy, dx = (float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
     hu = np.zeros(geometry.canonical_shape(), dtype=np.int16)
-    return CTVolume(hu=hu, spacing=spacing, affine=affine, source=str(gt_path), geometry=geometry)
+    return CTVolume(hu=hu, spacing=(dz, dy, dx), affine=affine, source=str(gt_path), geometry=geometry)
 
 
 def load_pair(pred_path: Path, gt_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
