@@ -618,7 +618,7 @@ def make_phantom(
         del tissue
         # Blur along D on the slab with its halo, then keep the core slices: the halo makes the blur exact
         # across slab borders, and the volume's own edges replicate.
-        hu = _blur121(_blur121(_blur121(hu, 1), 2), 0)[s0 - h0 : s0 - h0 + (s1 - s0)]
+        hu = _blur121(_blur121(_blur121(hu, 1), 2), 0)[core]
         hu *= np.float32(1.0 / 64.0)  # the three [1, 2, 1] filters' normalisation
         if bank is not None:
             bank.add_to(hu, s0)
