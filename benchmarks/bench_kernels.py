@@ -228,8 +228,8 @@ def bench_cuda(ct: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> 
     return rows
 
 
-def component_rows(ct: np.ndarray, labels: np.ndarray, repeats: int) -> list[dict]:
-    """Rows from benchmarks/bench_components.py, or none when it does not exist yet."""
+def component_rows(ct: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> list[dict]:
+    """Rows from benchmarks/bench_components.py (``run`` on the CPU, ``run_cuda`` on the GPU), if it exists."""
     path = HERE / "bench_components.py"
     if not path.exists():
         log.warning("benchmarks/bench_components.py not found: no connected-components rows")
@@ -239,7 +239,29 @@ def component_rows(ct: np.ndarray, labels: np.ndarray, repeats: int) -> list[dic
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return list(module.run(ct, labels, repeats))
+    if args.device == "cuda":
+        if not hasattr(module, "run_cuda"):
+            log.warning("bench_components.py has no run_cuda: no GPU connected-components rows")
+            return []
+        return list(module.run_cuda(labels, args.repeats))
+    return list(module.run(ct, labels, args.repeats))
+
+
+def format_row(row: dict) -> str:
+    """One printed line; component rows use ``median_s``/``input``/``speedup_vs_<impl>`` keys."""
+    seconds = row.get("seconds", row.get("median_s", float("nan")))
+    name = " ".join(str(row[k]) for k in ("impl", "input", "device") if k in row)
+    line = f"{row['op']:<22} {name:<30} {seconds * 1e3:10.1f} ms {row.get('mvox_per_s', float('nan')):9.1f} Mvox/s"
+    if "speedup" in row:
+        line += f"   baseline {row['baseline_seconds'] * 1e3:9.1f} ms   x{row['speedup']:.1f}"
+        if "goal_speedup" in row:
+            line += f" (goal x{row['goal_speedup']:.0f})"
+    for key, value in row.items():
+        if key.startswith("speedup_vs_"):
+            line += f"   x{value:.2f} vs {key[len('speedup_vs_') :]}"
+    if "fraction_of_copy" in row:
+        line += f"   {row['gb_per_s']:.0f} GB/s = {100 * row['fraction_of_copy']:.0f}% of copy"
+    return line
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -279,19 +301,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = bench_cpu(ct, labels, args) if args.device == "cpu" else bench_cuda(ct, labels, args)
     if not args.no_components:
-        rows += component_rows(ct, labels, args.repeats)
+        rows += component_rows(ct, labels, args)
 
     build = config.build_info()
     print(f"machine: {config.machine_info()}  openmp threads: {build['openmp_threads']}")
-    for r in rows:
-        line = f"{r['op']:<22} {r['impl']:<26} {r['seconds'] * 1e3:10.1f} ms {r.get('mvox_per_s', 0):9.1f} Mvox/s"
-        if "speedup" in r:
-            line += f"   baseline {r['baseline_seconds'] * 1e3:9.1f} ms   x{r['speedup']:.1f}"
-            if "goal_speedup" in r:
-                line += f" (goal x{r['goal_speedup']:.0f})"
-        if "fraction_of_copy" in r:
-            line += f"   {r['gb_per_s']:.0f} GB/s = {100 * r['fraction_of_copy']:.0f}% of copy"
-        print(line)
+    for row in rows:
+        print(format_row(row))
 
     payload = {
         "benchmark": "kernels",

@@ -63,6 +63,18 @@ def test_ties_go_to_the_lowest_class(dtype):
     np.testing.assert_array_equal(labels[1], 1)
 
 
+def test_float16_logits_over_every_half_value():
+    # Same size (weights 1 and 0): each pixel compares two consecutive values of the sorted list of every
+    # finite float16, subnormals included, so any conversion error flips a label. (Infinities are left
+    # out: 0 * inf is NaN, in the blend as in torch.)
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    values = np.unique(halves[np.isfinite(halves)])  # sorted; -0.0 and 0.0 collapse to one
+    lower, upper = values[:-1], values[1:]
+    ascending = np.stack([lower, upper])[None, :, None, :]  # (1, 2, 1, n)
+    np.testing.assert_array_equal(logits_to_labels(ascending, out_size=(1, lower.size)), 1)
+    np.testing.assert_array_equal(logits_to_labels(ascending[:, ::-1], out_size=(1, lower.size)), 0)
+
+
 def test_same_size_round_trip_of_real_labels(lits117):
     # One-hot logits at the same size must give the labels back exactly (the resize is the identity).
     _, lab = lits117

@@ -46,18 +46,20 @@ inline std::uint16_t float_to_half_rn(float value) {
   return static_cast<std::uint16_t>(out | (sign >> 16));
 }
 
+// Branch-free (selects only), so loops that convert rows of halves vectorise.
 inline float half_to_float(std::uint16_t h) {
-  constexpr std::uint32_t kShiftedExp = 0x7c00u << 13;
-  std::uint32_t u = (static_cast<std::uint32_t>(h) & 0x7fffu) << 13;
-  const std::uint32_t exp = u & kShiftedExp;
-  u += (127u - 15u) << 23;
-  if (exp == kShiftedExp) {
-    u += (128u - 16u) << 23;  // Inf / NaN
-  } else if (exp == 0) {
-    u += 1u << 23;  // zero / subnormal: renormalise through a float subtraction (exact)
-    u = float_bits(bits_float(u) - bits_float(113u << 23));
-  }
-  return bits_float(u | ((static_cast<std::uint32_t>(h) & 0x8000u) << 16));
+  const std::uint32_t magnitude = static_cast<std::uint32_t>(h) & 0x7fffu;
+  const std::uint32_t sign = (static_cast<std::uint32_t>(h) & 0x8000u) << 16;
+  // Normal: move exponent and mantissa into place and rebias the exponent by 127 - 15.
+  const std::uint32_t normal = (magnitude << 13) + (112u << 23);
+  // Inf/NaN: rebias once more so the exponent becomes 255 (the NaN payload moves along).
+  const std::uint32_t special_mask = 0u - static_cast<std::uint32_t>(magnitude >= 0x7c00u);
+  std::uint32_t u = normal + (special_mask & (112u << 23));
+  // Zero/subnormal: magnitude * 2^-24, exact in float (magnitude < 2^10).
+  const std::uint32_t subnormal = float_bits(static_cast<float>(static_cast<std::int32_t>(magnitude)) * 0x1p-24f);
+  const std::uint32_t subnormal_mask = 0u - static_cast<std::uint32_t>(magnitude < 0x0400u);
+  u = (u & ~subnormal_mask) | (subnormal & subnormal_mask);
+  return bits_float(u | sign);
 }
 
 }  // namespace resunet
