@@ -22,27 +22,29 @@ inline float bits_float(std::uint32_t u) {
   return f;
 }
 
+// Branch-free (masks only), so loops that convert rows of floats vectorise: every case is computed
+// and the right one selected.
 inline std::uint16_t float_to_half_rn(float value) {
   constexpr std::uint32_t kF32Inf = 255u << 23;
-  constexpr std::uint32_t kF16Overflow = (127u + 16u) << 23;            // 2^16: rounds to Inf
+  constexpr std::uint32_t kF16Overflow = (127u + 16u) << 23;                       // 2^16: rounds to Inf
+  constexpr std::uint32_t kF16MinNormal = 113u << 23;                              // 2^-14
   constexpr std::uint32_t kDenormMagic = ((127u - 15u) + (23u - 10u) + 1u) << 23;  // 0.5f
   std::uint32_t u = float_bits(value);
   const std::uint32_t sign = u & 0x80000000u;
   u ^= sign;
-  std::uint16_t out;
-  if (u >= kF16Overflow) {
-    out = u > kF32Inf ? 0x7e00u : 0x7c00u;  // NaN -> quiet NaN, too large or Inf -> Inf
-  } else if (u < (113u << 23)) {
-    // Subnormal or zero half: adding 0.5f aligns the 10 mantissa bits at the bottom of the float,
-    // and the float addition itself rounds to nearest even.
-    const float shifted = bits_float(u) + bits_float(kDenormMagic);
-    out = static_cast<std::uint16_t>(float_bits(shifted) - kDenormMagic);
-  } else {
-    const std::uint32_t mantissa_odd = (u >> 13) & 1u;
-    u += (static_cast<std::uint32_t>(15 - 127) << 23) + 0xfffu;  // rebias exponent, round half up ...
-    u += mantissa_odd;                                           // ... or to even on a tie
-    out = static_cast<std::uint16_t>(u >> 13);
-  }
+  // Normal half: rebias the exponent, add 0xfff (round half up) plus the kept mantissa's lowest bit
+  // (so an exact tie rounds to even), then drop 13 mantissa bits. A carry into the exponent is right.
+  const std::uint32_t normal = (u + (static_cast<std::uint32_t>(15 - 127) << 23) + 0xfffu + ((u >> 13) & 1u)) >> 13;
+  // Subnormal or zero half: adding 0.5f aligns the 10 mantissa bits at the bottom of the float, and
+  // the float addition itself rounds to nearest even.
+  const std::uint32_t subnormal = float_bits(bits_float(u) + bits_float(kDenormMagic)) - kDenormMagic;
+  // Too large or Inf -> Inf; NaN -> quiet NaN.
+  const std::uint32_t nan_mask = 0u - static_cast<std::uint32_t>(u > kF32Inf);
+  const std::uint32_t special = 0x7c00u | (nan_mask & 0x0200u);
+  const std::uint32_t subnormal_mask = 0u - static_cast<std::uint32_t>(u < kF16MinNormal);
+  const std::uint32_t special_mask = 0u - static_cast<std::uint32_t>(u >= kF16Overflow);
+  std::uint32_t out = (normal & ~subnormal_mask) | (subnormal & subnormal_mask);
+  out = (out & ~special_mask) | (special & special_mask);
   return static_cast<std::uint16_t>(out | (sign >> 16));
 }
 

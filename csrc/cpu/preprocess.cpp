@@ -57,10 +57,19 @@ void Run(const In* volume, Out* out, const PreprocessArgs& a) {
   const std::size_t plane_in = static_cast<std::size_t>(H) * W;
   const std::size_t plane_out = static_cast<std::size_t>(h) * w;
 
-  std::vector<LinearTap> row_taps(h), col_taps(w);
+  std::vector<LinearTap> row_taps(h);
   const float scale_y = linear_scale(H, h), scale_x = linear_scale(W, w);
   for (int y = 0; y < h; ++y) row_taps[y] = linear_tap(y, H, scale_y);
-  for (int x = 0; x < w; ++x) col_taps[x] = linear_tap(x, W, scale_x);
+  // Column taps as separate arrays, so the column loop reads them with plain (vector) loads.
+  std::vector<int> col_i0(w), col_i1(w);
+  std::vector<float> col_w0(w), col_w1(w);
+  for (int x = 0; x < w; ++x) {
+    const LinearTap t = linear_tap(x, W, scale_x);
+    col_i0[x] = t.i0;
+    col_i1[x] = t.i1;
+    col_w0[x] = t.w0;
+    col_w1[x] = t.w1;
+  }
 
   // Input slices read, and for each the output planes (i * K + j) that show it.
   const int s_first = std::max(a.start - half_k, 0);
@@ -91,6 +100,7 @@ void Run(const In* volume, Out* out, const PreprocessArgs& a) {
 #endif
   {
     std::vector<float> blend(W);
+    std::vector<float> row_f(w);
     std::vector<Out> row_out(w);
 #if defined(RESUNET_WITH_OPENMP)
 #pragma omp for schedule(static)
@@ -119,14 +129,12 @@ void Run(const In* volume, Out* out, const PreprocessArgs& a) {
         blend[x] = lerp_rn(v0, v1, ty.w0, ty.w1);
       }
 
-      for (int x = 0; x < w; ++x) {
-        const LinearTap tx = col_taps[x];
-        const float v = lerp_rn(blend[tx.i0], blend[tx.i1], tx.w0, tx.w1);
-        if constexpr (std::is_same<Out, float>::value) {
-          row_out[x] = v;
-        } else {
-          row_out[x] = float_to_half_rn(v);
-        }
+      if constexpr (std::is_same<Out, float>::value) {
+        for (int x = 0; x < w; ++x) row_out[x] = lerp_rn(blend[col_i0[x]], blend[col_i1[x]], col_w0[x], col_w1[x]);
+      } else {
+        // Gather, then convert in a separate (vectorised) loop.
+        for (int x = 0; x < w; ++x) row_f[x] = lerp_rn(blend[col_i0[x]], blend[col_i1[x]], col_w0[x], col_w1[x]);
+        for (int x = 0; x < w; ++x) row_out[x] = float_to_half_rn(row_f[x]);
       }
       for (const std::int64_t t : targets[s - s_first]) {
         std::memcpy(out + static_cast<std::size_t>(t) * plane_out + static_cast<std::size_t>(y) * w, row_out.data(),
