@@ -42,7 +42,12 @@ def data_dir() -> Path:
 
 
 def _load_case(name: str, label_file: str = "label.nii.gz"):
-    """(hu int16 (D, H, W), labels uint8 (D, H, W)) straight from nibabel, x/y/z reversed to D/H/W."""
+    """(hu int16 (D, H, W), labels uint8 (D, H, W)) straight from nibabel, x/y/z reversed to D/H/W.
+
+    These arrays skip ``resunet_trt.io``: they are the files' voxels with the axes reversed, not the canonical
+    orientation (H and W are flipped relative to it). Kernel tests only need real intensities and shapes; tests of
+    geometry load through ``resunet_trt.io`` instead.
+    """
     import nibabel as nib
 
     ct = np.asanyarray(nib.load(DATA / name / "ct.nii.gz").dataobj)
