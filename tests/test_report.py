@@ -74,7 +74,7 @@ def _expected(bounds, hu):
 
 def _lesions(labels, hu):
     stats = kernels.lesion_stats(labels, connectivity=26)
-    return build_lesions(stats, volume=_volume(hu), labels=labels, connectivity=26)
+    return build_lesions(stats, volume=_volume(hu))
 
 
 def test_lesions_equal_hand_computed_cubes(cubes):
@@ -128,8 +128,8 @@ def test_diagonal_touching_cubes_are_one_lesion_at_26_and_two_at_6(cubes):
     labels[3:5, 3:5, 3:5] = 2
     labels[5:7, 5:7, 5:7] = 2  # touches the first only at a corner
     vol = _volume(hu)
-    one = build_lesions(kernels.lesion_stats(labels, connectivity=26), volume=vol, labels=labels, connectivity=26)
-    two = build_lesions(kernels.lesion_stats(labels, connectivity=6), volume=vol, labels=labels, connectivity=6)
+    one = build_lesions(kernels.lesion_stats(labels, connectivity=26), volume=vol)
+    two = build_lesions(kernels.lesion_stats(labels, connectivity=6), volume=vol)
     assert [les.voxels for les in one] == [16]
     assert [les.voxels for les in two] == [8, 8]
 
@@ -221,7 +221,7 @@ def test_overlay_keeps_physical_aspect():
     # (dz, dy, dx) = (5, 1, 2): axial 40 mm x 60 mm, coronal 100 x 60, sagittal 100 x 40 (rows x cols).
     image = render_overlay(hu, labels, (5.0, 1.0, 2.0), view_size=100)
     widths = [round(60 * 100 / 60), round(60 * 100 / 100), round(40 * 100 / 100)]
-    assert image.size == (sum(widths) + 2 * 4, 100)
+    assert image.size == (sum(widths) + 2 * 4, 100 + 14)  # views + gaps; title strip above
 
 
 def test_overlay_centres_on_largest_lesion_and_colours_it(cubes):

@@ -94,7 +94,7 @@ def render_overlay(
         alpha: opacity of the label colours.
 
     Returns:
-        PIL.Image.Image (RGB), the views side by side.
+        PIL.Image.Image (RGB): a title strip, then the views side by side (each at most ``view_size``).
 
     Raises:
         ValueError: shapes differ, not 3D, or bad spacing/window.
@@ -123,16 +123,17 @@ def render_overlay(
         for value, colour in ((1, LIVER_RGB), (2, TUMOR_RGB)):
             sel = lab_arr == value
             rgb[sel] = (1 - alpha) * rgb[sel] + alpha * np.asarray(colour, dtype=np.float32)
-        panel = Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
-        ImageDraw.Draw(panel).text((4, 2), name, fill=(255, 255, 0))
-        panels.append(panel)
-    gap = 4
-    width = sum(p.width for p in panels) + gap * (len(panels) - 1)
-    height = max(p.height for p in panels)
-    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+        panels.append((name, Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))))
+    # Titles go in a strip above the views, so that a thin view (few slices) still shows its name.
+    gap, title = 4, 14
+    width = sum(p.width for _, p in panels) + gap * (len(panels) - 1)
+    height = max(p.height for _, p in panels)
+    canvas = Image.new("RGB", (width, height + title), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
     x = 0
-    for p in panels:
-        canvas.paste(p, (x, (height - p.height) // 2))
+    for name, p in panels:
+        draw.text((x + 2, 1), name, fill=(255, 255, 0))
+        canvas.paste(p, (x, title + (height - p.height) // 2))
         x += p.width + gap
     return canvas
 

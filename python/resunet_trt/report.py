@@ -73,128 +73,58 @@ def voxel_to_world(affine: np.ndarray, index: Sequence[float]) -> tuple[float, f
 
 
 def _to_host(x: Any) -> Any:
-    """numpy view of a CuPy array; anything else unchanged."""
+    """numpy copy of a CuPy array; anything else unchanged."""
     if hasattr(x, "__cuda_array_interface__"):
         return x.get()
     return x
 
 
-def stats_records(stats: Any) -> list[dict[str, Any]]:
-    """Normalise :func:`kernels.lesion_stats` output to one dict per component.
+def build_lesions(stats: Mapping[str, Any], *, volume: CTVolume) -> list[Lesion]:
+    """Per-lesion report entries from :func:`resunet_trt.kernels.lesion_stats` output.
 
-    Each dict holds ``id``, ``voxels``, ``bbox`` ((d0, h0, w0), (d1, h1, w1)) inclusive and ``centroid``
-    (d, h, w).
-    """
-    if isinstance(stats, Mapping):
-        return _records_from_columns(stats)
-    records = []
-    for i, rec in enumerate(stats, start=1):
-        get = rec.get if isinstance(rec, Mapping) else lambda k, default=None, r=rec: getattr(r, k, default)
-        bbox = _to_host(get("bbox"))
-        records.append(
-            {
-                "id": int(get("id", i)),
-                "voxels": int(get("voxels", get("voxel_count", 0))),
-                "bbox": _bbox_pair(bbox),
-                "centroid": tuple(float(v) for v in _to_host(get("centroid"))),
-            }
-        )
-    return records
-
-
-def _records_from_columns(stats: Mapping[str, Any]) -> list[dict[str, Any]]:
-    voxels = np.asarray(_to_host(stats.get("voxels", stats.get("voxel_count"))), dtype=np.int64).reshape(-1)
-    bbox = np.asarray(_to_host(stats["bbox"]), dtype=np.int64).reshape(len(voxels), -1)
-    centroid = np.asarray(_to_host(stats["centroid"]), dtype=np.float64).reshape(len(voxels), 3)
-    ids = stats.get("id", stats.get("ids"))
-    ids = np.arange(1, len(voxels) + 1) if ids is None else np.asarray(_to_host(ids)).reshape(-1)
-    return [
-        {"id": int(ids[i]), "voxels": int(voxels[i]), "bbox": _bbox_pair(bbox[i]), "centroid": tuple(centroid[i])}
-        for i in range(len(voxels))
-    ]
-
-
-def _bbox_pair(bbox: Any) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    b = np.asarray(bbox, dtype=np.int64).reshape(-1)
-    if b.size != 6:
-        raise ValueError(f"lesion bbox must have 6 numbers, got {b.size}")
-    return (int(b[0]), int(b[1]), int(b[2])), (int(b[3]), int(b[4]), int(b[5]))
-
-
-def tumor_components(labels: np.ndarray, *, connectivity: int = 26) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """Tumor components of ``labels`` inside the bounding box of all tumor voxels.
-
-    Labelling the crop gives the same numbering as the whole volume: every component lies inside it, and
-    raster order of first voxels is unchanged by a shift of the origin.
-
-    Returns:
-        (components int32 over the crop, the crop as a tuple of slices into (D, H, W)).
-    """
-    from . import kernels
-
-    tumor = labels == 2
-    if not tumor.any():
-        return np.zeros((0, 0, 0), dtype=np.int32), (slice(0, 0),) * 3
-    crop = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(tumor.any(axis=other))
-        crop.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    comp, _ = kernels.connected_components(
-        np.ascontiguousarray(tumor[tuple(crop)]).view(np.uint8), connectivity=connectivity
-    )
-    return np.asarray(comp), tuple(crop)
-
-
-def build_lesions(
-    stats: Any, *, volume: CTVolume, labels: np.ndarray, connectivity: int = 26
-) -> list[Lesion]:
-    """Per-lesion report entries from :func:`kernels.lesion_stats` output.
+    Only the bounding box of all lesions is read from ``stats["component_labels"]`` (on the GPU, that crop is
+    the one copy that comes down), and each lesion's diameter and mean HU are measured inside its own box.
 
     Args:
-        stats: ``kernels.lesion_stats(labels, connectivity=connectivity)``.
+        stats: ``kernels.lesion_stats(labels, connectivity=...)`` of the labels of ``volume`` (numpy or CuPy
+            arrays): ``count``, ``voxels`` (n,), ``bbox`` (n, 6) half-open ``(d0, h0, w0, d1, h1, w1)``,
+            ``centroid`` (n, 3) voxel ``(d, h, w)``, ``component_labels`` int32 (D, H, W).
         volume: the CTVolume (HU, spacing (dz, dy, dx) mm, affine) the labels belong to.
-        labels: uint8 (D, H, W) postprocessed labels on the host.
-        connectivity: the connectivity ``stats`` was computed with.
 
     Returns:
-        one :class:`Lesion` per tumor component, in component order.
-
-    Raises:
-        RuntimeError: ``stats`` does not describe the tumor components of ``labels``.
+        one :class:`Lesion` per tumor component, in component order (id 1 first).
     """
     from .lesions import longest_axial_diameter_mm
 
-    records = stats_records(stats)
-    if not records:
+    count = int(stats["count"])
+    if count == 0:
         return []
+    voxels = np.asarray(_to_host(stats["voxels"]), dtype=np.int64).reshape(count)
+    bbox = np.asarray(_to_host(stats["bbox"]), dtype=np.int64).reshape(count, 6)
+    centroid = np.asarray(_to_host(stats["centroid"]), dtype=np.float64).reshape(count, 3)
+    lo, hi = bbox[:, :3].min(axis=0), bbox[:, 3:].max(axis=0)
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    components = np.asarray(_to_host(stats["component_labels"][crop]))
+    hu = volume.hu[crop]
     spacing = tuple(float(s) for s in volume.spacing)
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
-    comp, crop = tumor_components(labels, connectivity=connectivity)
-    origin = np.array([s.start for s in crop])
-    hu = volume.hu[crop]
     lesions = []
-    for rec in records:
-        lo = np.array(rec["bbox"][0]) - origin
-        hi = np.array(rec["bbox"][1]) - origin + 1
-        if (lo < 0).any() or (hi > comp.shape).any():
-            raise RuntimeError(f"lesion {rec['id']}: bounding box {rec['bbox']} lies outside the tumor voxels")
-        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        mask = comp[box] == rec["id"]
-        count = int(np.count_nonzero(mask))
-        if count != rec["voxels"]:
-            raise RuntimeError(
-                f"lesion {rec['id']}: lesion_stats counts {rec['voxels']} voxels, its component has {count}"
-            )
+    for i in range(count):
+        box = tuple(slice(int(bbox[i, a] - lo[a]), int(bbox[i, a + 3] - lo[a])) for a in range(3))
+        mask = components[box] == i + 1
+        c = tuple(float(v) for v in centroid[i])
         lesions.append(
             Lesion(
-                id=rec["id"],
-                voxels=rec["voxels"],
-                volume_ml=rec["voxels"] * voxel_ml,
+                id=i + 1,
+                voxels=int(voxels[i]),
+                volume_ml=int(voxels[i]) * voxel_ml,
                 longest_axial_diameter_mm=float(longest_axial_diameter_mm(mask, spacing)),
-                centroid_voxel=tuple(float(v) for v in rec["centroid"]),  # type: ignore[arg-type]
-                centroid_world_mm=voxel_to_world(volume.affine, rec["centroid"]),
-                bbox=rec["bbox"],
+                centroid_voxel=c,  # type: ignore[arg-type]
+                centroid_world_mm=voxel_to_world(volume.affine, c),
+                bbox=(
+                    (int(bbox[i, 0]), int(bbox[i, 1]), int(bbox[i, 2])),
+                    (int(bbox[i, 3]) - 1, int(bbox[i, 4]) - 1, int(bbox[i, 5]) - 1),
+                ),
                 mean_hu=float(hu[box][mask].mean(dtype=np.float64)),
             )
         )

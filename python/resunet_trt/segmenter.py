@@ -190,11 +190,11 @@ class Result:
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     info: dict[str, Any] = field(default_factory=dict)
 
-    def to_report(self) -> dict[str, Any]:
+    def to_report(self, *, case: str | None = None) -> dict[str, Any]:
         """The JSON-ready lesion report of this case (see :func:`resunet_trt.report.build_report`)."""
         from .report import build_report
 
-        return build_report(self)
+        return build_report(self, case=case)
 
 
 @dataclass
@@ -206,7 +206,9 @@ class FileOutcome:
         ok: True when the mask (and the requested report/overlay) were written.
         error: the reason it failed (names the file), else None.
         outputs: kind (``"mask"``, ``"report"``, ``"overlay"``) -> written path.
-        result: the Result, or None when the case failed.
+        result: the Result, or None when the case failed (or ``keep_results=False``).
+        summary: the case's JSON-ready report (:meth:`Result.to_report`), small enough to keep for many cases;
+            None when the case failed.
     """
 
     path: Path
@@ -214,6 +216,7 @@ class FileOutcome:
     error: str | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
     result: Result | None = None
+    summary: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,6 +269,7 @@ class Segmenter:
         self.min_lesion_voxels = int(min_lesion_voxels)
         self.connectivity = int(connectivity)
         self.progress = bool(progress)
+        self._in_files = False  # segment_files shows one bar over cases instead of one per volume
         self.device = resolve_device(device)
 
         from .backends import open_backend
@@ -401,6 +405,7 @@ class Segmenter:
         *,
         overlay: bool = False,
         report: bool = True,
+        keep_results: bool = True,
     ) -> list[FileOutcome]:
         """Segment files and write ``<case>_mask.nii.gz`` (+ ``_report.json``, ``_overlay.png``) into ``out_dir``.
 
@@ -413,6 +418,8 @@ class Segmenter:
             out_dir: output folder (created when missing).
             overlay: also write a PNG overlay per case.
             report: also write the JSON lesion report per case.
+            keep_results: keep each case's :class:`Result` (labels and CT) in its outcome; False keeps only
+                the small ``summary``, so that memory does not grow with the number of cases.
 
         Returns:
             one :class:`FileOutcome` per input, in order.
@@ -432,27 +439,32 @@ class Segmenter:
                 name = f"{name}_{names[name]}"
             outcome = FileOutcome(path=path, ok=False)
             try:
-                result = self.segment(path)
+                self._in_files = True
+                try:
+                    result = self.segment(path)
+                finally:
+                    self._in_files = False
                 t0 = time.perf_counter()
                 mask_path = out / f"{name}_mask.nii.gz"
                 save_mask(mask_path, result.labels, like=result.volume)
                 outcome.outputs["mask"] = mask_path
-                if report:
-                    from .report import write_report
-
-                    rep = result.to_report()
-                    rep["case"] = name
-                    report_path = out / f"{name}_report.json"
-                    write_report(report_path, rep)
-                    outcome.outputs["report"] = report_path
                 if overlay:
                     from .overlay import write_overlay
 
                     overlay_path = out / f"{name}_overlay.png"
                     write_overlay(overlay_path, result, window=tuple(self.metadata.window))
                     outcome.outputs["overlay"] = overlay_path
+                if report:
+                    from .report import write_report
+
+                    report_path = out / f"{name}_report.json"
+                    # The report's own write time is the one stage it cannot contain.
+                    result.timings["write"] = time.perf_counter() - t0
+                    write_report(report_path, result.to_report(case=name))
+                    outcome.outputs["report"] = report_path
                 result.timings["write"] = time.perf_counter() - t0
-                outcome.ok, outcome.result = True, result
+                outcome.ok, outcome.summary = True, result.to_report(case=name)
+                outcome.result = result if keep_results else None
             except Exception as exc:  # noqa: BLE001 - one bad case must not stop the others
                 outcome.error = str(_name_file(exc, path))
                 logger.error("%s", outcome.error)
@@ -468,7 +480,8 @@ class Segmenter:
         hu = volume.hu
         depth, height, width = hu.shape
         labels = np.empty((depth, height, width), dtype=np.uint8)
-        for start, stop in _progress(slabs(depth, self.batch_size), enabled=self.progress, desc="slabs", leave=False):
+        bar = self.progress and not self._in_files
+        for start, stop in _progress(slabs(depth, self.batch_size), enabled=bar, desc="slabs", leave=False):
             t0 = time.perf_counter()
             batch = kernels.preprocess(
                 hu,
@@ -492,7 +505,7 @@ class Segmenter:
             labels, min_lesion_voxels=self.min_lesion_voxels, connectivity=self.connectivity
         )
         stats = kernels.lesion_stats(labels, connectivity=self.connectivity)
-        lesions = build_lesions(stats, volume=volume, labels=labels, connectivity=self.connectivity)
+        lesions = build_lesions(stats, volume=volume)
         liver_voxels = int(np.count_nonzero(labels))
         tumor_voxels = int(sum(les.voxels for les in lesions))
         timings["postprocess"] = time.perf_counter() - t0
@@ -546,9 +559,8 @@ class Segmenter:
 
             stage_events: list[tuple[Any, Any, Any, Any]] = []
             t_wall = time.perf_counter()
-            for k, (start, stop) in enumerate(
-                _progress(plan, enabled=self.progress, desc="slabs", leave=False)
-            ):
+            bar = self.progress and not self._in_files
+            for k, (start, stop) in enumerate(_progress(plan, enabled=bar, desc="slabs", leave=False)):
                 # Queue uploads up to one chunk past what this slab reads, so the next copy overlaps compute.
                 while len(copied) <= min(len(plan) - 1, needs[k] + 1):
                     enqueue_upload(len(copied))
@@ -602,10 +614,10 @@ class Segmenter:
             timings["postprocess"] = cp.cuda.get_elapsed_time(p0, p1) / 1e3
             timings["device_wall"] = t_device
             del d_post
-
-        t0 = time.perf_counter()
-        lesions = build_lesions(stats, volume=volume, labels=labels, connectivity=self.connectivity)
-        timings["postprocess"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            with compute:  # the lesion crop of the component labels comes down here
+                lesions = build_lesions(stats, volume=volume)
+            timings["postprocess"] += time.perf_counter() - t0
         tumor_voxels = int(sum(les.voxels for les in lesions))
         return labels, lesions, (liver_voxels, tumor_voxels)
 

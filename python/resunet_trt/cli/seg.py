@@ -97,16 +97,16 @@ def _summary(outcomes: list, out: Path) -> str:
     """A plain-text table: one line per case."""
     rows = [("case", "status", "liver mL", "tumor mL", "lesions", "seconds", "detail")]
     for o in outcomes:
-        if o.ok and o.result is not None:
-            r = o.result
+        if o.ok and o.summary is not None:
+            r, t = o.summary, o.summary["timings_s"]
             rows.append(
                 (
                     str(o.path),
                     "ok",
-                    f"{r.liver_volume_ml:.1f}",
-                    f"{r.tumor_volume_ml:.1f}",
-                    str(len(r.lesions)),
-                    f"{r.timings.get('total', 0.0) + r.timings.get('write', 0.0):.2f}",
+                    f"{r['liver_volume_ml']:.1f}",
+                    f"{r['tumor_volume_ml']:.1f}",
+                    str(r["lesion_count"]),
+                    f"{t.get('total', 0.0) + t.get('write', 0.0):.2f}",
                     o.outputs["mask"].name,
                 )
             )
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     with segmenter:
-        outcomes = segmenter.segment_files(cases, out, overlay=args.overlay, report=args.report)
+        outcomes = segmenter.segment_files(cases, out, overlay=args.overlay, report=args.report, keep_results=False)
     print(_summary(outcomes, out))
     return 1 if missing or any(not o.ok for o in outcomes) else 0
 
