@@ -93,31 +93,33 @@ VolumeShape ShapeFromTuple(const py::tuple& shape, const char* name) {
 cudaStream_t AsStream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
 int64_t ConnectedComponentsCudaPy(std::uintptr_t mask, const py::tuple& shape, int connectivity,
-                                  std::uintptr_t labels, std::uintptr_t stream) {
+                                  std::uintptr_t labels, std::uintptr_t workspace, std::uintptr_t stream) {
   const VolumeShape s = ShapeFromTuple(shape, "mask");
   CheckConnectivity(connectivity);
   py::gil_scoped_release release;
   return ConnectedComponentsCuda(reinterpret_cast<const uint8_t*>(mask), s, Foreground::kNonZero, connectivity,
-                                 reinterpret_cast<int32_t*>(labels), AsStream(stream));
+                                 reinterpret_cast<int32_t*>(labels), reinterpret_cast<int32_t*>(workspace),
+                                 AsStream(stream));
 }
 
 void PostprocessCudaPy(std::uintptr_t labels, const py::tuple& shape, int64_t min_lesion_voxels, int connectivity,
-                       std::uintptr_t out, std::uintptr_t stream) {
+                       std::uintptr_t out, std::uintptr_t workspace, std::uintptr_t stream) {
   const VolumeShape s = ShapeFromTuple(shape, "labels");
   CheckConnectivity(connectivity);
   CheckMinLesionVoxels(min_lesion_voxels);
   py::gil_scoped_release release;
   PostprocessCuda(reinterpret_cast<const uint8_t*>(labels), s, min_lesion_voxels, connectivity,
-                  reinterpret_cast<uint8_t*>(out), AsStream(stream));
+                  reinterpret_cast<uint8_t*>(out), reinterpret_cast<int32_t*>(workspace), AsStream(stream));
 }
 
 int64_t TumorComponentsCudaPy(std::uintptr_t labels, const py::tuple& shape, int connectivity,
-                              std::uintptr_t components, std::uintptr_t stream) {
+                              std::uintptr_t components, std::uintptr_t workspace, std::uintptr_t stream) {
   const VolumeShape s = ShapeFromTuple(shape, "labels");
   CheckConnectivity(connectivity);
   py::gil_scoped_release release;
   return ConnectedComponentsCuda(reinterpret_cast<const uint8_t*>(labels), s, Foreground::kTumor, connectivity,
-                                 reinterpret_cast<int32_t*>(components), AsStream(stream), 2);
+                                 reinterpret_cast<int32_t*>(components), reinterpret_cast<int32_t*>(workspace),
+                                 AsStream(stream), 2);
 }
 
 void ComponentStatsCudaPy(std::uintptr_t components, const py::tuple& shape, int64_t count, std::uintptr_t voxels,
@@ -141,13 +143,14 @@ void bind_component_ops(py::module_& m) {
         "Tumor components (label == 2): dict of count, voxels, bbox, centroid, component_labels.");
 #if defined(RESUNET_WITH_CUDA)
   m.def("connected_components_cuda", &ConnectedComponentsCudaPy, py::arg("mask_ptr"), py::arg("shape"),
-        py::arg("connectivity"), py::arg("labels_ptr"), py::arg("stream"),
+        py::arg("connectivity"), py::arg("labels_ptr"), py::arg("workspace_ptr"), py::arg("stream"),
         "CUDA connected components on device pointers; returns the count (one stream synchronisation).");
   m.def("postprocess_cuda", &PostprocessCudaPy, py::arg("labels_ptr"), py::arg("shape"),
-        py::arg("min_lesion_voxels"), py::arg("connectivity"), py::arg("out_ptr"), py::arg("stream"),
+        py::arg("min_lesion_voxels"), py::arg("connectivity"), py::arg("out_ptr"), py::arg("workspace_ptr"),
+        py::arg("stream"),
         "CUDA postprocess on device pointers (one stream synchronisation to report invalid values).");
   m.def("tumor_components_cuda", &TumorComponentsCudaPy, py::arg("labels_ptr"), py::arg("shape"),
-        py::arg("connectivity"), py::arg("components_ptr"), py::arg("stream"),
+        py::arg("connectivity"), py::arg("components_ptr"), py::arg("workspace_ptr"), py::arg("stream"),
         "CUDA components of label == 2 (values > 2 rejected); returns the count (one synchronisation).");
   m.def("component_stats_cuda", &ComponentStatsCudaPy, py::arg("components_ptr"), py::arg("shape"),
         py::arg("count"), py::arg("voxels_ptr"), py::arg("bbox_ptr"), py::arg("centroid_ptr"), py::arg("stream"),

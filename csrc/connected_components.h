@@ -113,10 +113,12 @@ void LabelRootsCuda(const uint8_t* volume, const VolumeShape& shape, Foreground 
 
 // ---- Public ops (CUDA) ----------------------------------------------------------------------------------
 
-// Device pointers. When check_max_label >= 0, a voxel value above it makes the call throw
+// Device pointers. `workspace` holds D*H*W int32 (the caller's allocator caches it; nullptr: allocated here
+// with cudaMallocAsync). When check_max_label >= 0, a voxel value above it makes the call throw
 // std::invalid_argument (checked at the same synchronisation that brings the count back).
 int64_t ConnectedComponentsCuda(const uint8_t* volume, const VolumeShape& shape, Foreground foreground,
-                                int connectivity, int32_t* labels, cudaStream_t stream, int check_max_label = -1);
+                                int connectivity, int32_t* labels, int32_t* workspace, cudaStream_t stream,
+                                int check_max_label = -1);
 #endif
 
 }  // namespace resunet

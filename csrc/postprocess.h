@@ -42,8 +42,9 @@ LesionStatsResult LesionStatsCpu(const uint8_t* labels, const VolumeShape& shape
                                  int32_t* component_labels);
 
 #if defined(RESUNET_WITH_CUDA)
+// `workspace` holds 2 * D*H*W int32 (nullptr: allocated here with cudaMallocAsync).
 void PostprocessCuda(const uint8_t* labels, const VolumeShape& shape, int64_t min_lesion_voxels, int connectivity,
-                     uint8_t* out, cudaStream_t stream);
+                     uint8_t* out, int32_t* workspace, cudaStream_t stream);
 
 // Per-component numbers from a raster-ordered component label volume (device pointers, arrays of `count`
 // rows). No synchronisation.

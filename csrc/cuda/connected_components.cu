@@ -204,7 +204,8 @@ void LabelRootsCuda(const uint8_t* volume, const VolumeShape& shape, Foreground 
 }
 
 int64_t ConnectedComponentsCuda(const uint8_t* volume, const VolumeShape& shape, Foreground foreground,
-                                int connectivity, int32_t* labels, cudaStream_t stream, int check_max_label) {
+                                int connectivity, int32_t* labels, int32_t* workspace, cudaStream_t stream,
+                                int check_max_label) {
   CheckConnectivity(connectivity);
   CheckCudaVolumeSize(shape);
   const int64_t n = shape.voxels();
@@ -212,11 +213,12 @@ int64_t ConnectedComponentsCuda(const uint8_t* volume, const VolumeShape& shape,
 
   // scratch[0]: component count, scratch[1]: largest invalid value seen (0 = none).
   DeviceBuffer<int32_t> scratch(2, stream);
-  DeviceBuffer<int32_t> label(n, stream);
+  DeviceBuffer<int32_t> own_label(workspace == nullptr ? n : 0, stream);
+  int32_t* label = workspace != nullptr ? workspace : own_label.get();
   RESUNET_CUDA_CHECK(cudaMemsetAsync(scratch.get(), 0, 2 * sizeof(int32_t), stream));
-  LabelRootsCuda(volume, shape, foreground, connectivity, label.get(), scratch.get() + 1, check_max_label, stream);
+  LabelRootsCuda(volume, shape, foreground, connectivity, label, scratch.get() + 1, check_max_label, stream);
 
-  auto flags = thrust::make_transform_iterator(thrust::counting_iterator<int32_t>(0), IsRoot{label.get()});
+  auto flags = thrust::make_transform_iterator(thrust::counting_iterator<int32_t>(0), IsRoot{label});
   size_t temp_bytes = 0;
   RESUNET_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, flags, labels, static_cast<int>(n), stream));
   {
@@ -226,7 +228,7 @@ int64_t ConnectedComponentsCuda(const uint8_t* volume, const VolumeShape& shape,
   }
   RESUNET_CUDA_CHECK(
       cudaMemcpyAsync(scratch.get(), labels + (n - 1), sizeof(int32_t), cudaMemcpyDeviceToDevice, stream));
-  FinalizeKernel<<<BlocksFor(n), kThreads, 0, stream>>>(label.get(), labels, n);
+  FinalizeKernel<<<BlocksFor(n), kThreads, 0, stream>>>(label, labels, n);
   RESUNET_CUDA_CHECK_LAUNCH();
 
   int32_t host[2] = {0, 0};

@@ -104,35 +104,36 @@ __global__ void CentroidKernel(const int64_t* __restrict__ sums, const int64_t* 
 }  // namespace
 
 void PostprocessCuda(const uint8_t* labels, const VolumeShape& shape, int64_t min_lesion_voxels, int connectivity,
-                     uint8_t* out, cudaStream_t stream) {
+                     uint8_t* out, int32_t* workspace, cudaStream_t stream) {
   CheckConnectivity(connectivity);
   CheckMinLesionVoxels(min_lesion_voxels);
   CheckCudaVolumeSize(shape);
   const int64_t n = shape.voxels();
   if (n == 0) return;
-  DeviceBuffer<int32_t> root_of(n, stream);
-  DeviceBuffer<int32_t> size(n, stream);
+  DeviceBuffer<int32_t> own(workspace == nullptr ? 2 * n : 0, stream);
+  int32_t* const root_of = workspace != nullptr ? workspace : own.get();
+  int32_t* const size = root_of + n;
   DeviceBuffer<unsigned long long> best(1, stream);
   DeviceBuffer<int32_t> bad_value(1, stream);
   RESUNET_CUDA_CHECK(cudaMemsetAsync(best.get(), 0, sizeof(unsigned long long), stream));
   RESUNET_CUDA_CHECK(cudaMemsetAsync(bad_value.get(), 0, sizeof(int32_t), stream));
-  RESUNET_CUDA_CHECK(cudaMemsetAsync(size.get(), 0, sizeof(int32_t) * n, stream));
+  RESUNET_CUDA_CHECK(cudaMemsetAsync(size, 0, sizeof(int32_t) * n, stream));
 
   // 1. liver ∪ tumor: keep the largest component.
-  LabelRootsCuda(labels, shape, Foreground::kNonZero, connectivity, root_of.get(), bad_value.get(), 2, stream);
-  ComponentSizeKernel<<<BlocksFor(n), kThreads, 0, stream>>>(root_of.get(), size.get(), n);
+  LabelRootsCuda(labels, shape, Foreground::kNonZero, connectivity, root_of, bad_value.get(), 2, stream);
+  ComponentSizeKernel<<<BlocksFor(n), kThreads, 0, stream>>>(root_of, size, n);
   RESUNET_CUDA_CHECK_LAUNCH();
-  LargestKernel<<<BlocksFor(n), kThreads, 0, stream>>>(root_of.get(), size.get(), n, best.get());
+  LargestKernel<<<BlocksFor(n), kThreads, 0, stream>>>(root_of, size, n, best.get());
   RESUNET_CUDA_CHECK_LAUNCH();
-  KeepKernel<<<BlocksFor(n), kThreads, 0, stream>>>(labels, root_of.get(), best.get(), out, n);
+  KeepKernel<<<BlocksFor(n), kThreads, 0, stream>>>(labels, root_of, best.get(), out, n);
   RESUNET_CUDA_CHECK_LAUNCH();
 
   // 2. tumor inside it: small components become liver.
-  LabelRootsCuda(out, shape, Foreground::kTumor, connectivity, root_of.get(), bad_value.get(), -1, stream);
-  RESUNET_CUDA_CHECK(cudaMemsetAsync(size.get(), 0, sizeof(int32_t) * n, stream));
-  ComponentSizeKernel<<<BlocksFor(n), kThreads, 0, stream>>>(root_of.get(), size.get(), n);
+  LabelRootsCuda(out, shape, Foreground::kTumor, connectivity, root_of, bad_value.get(), -1, stream);
+  RESUNET_CUDA_CHECK(cudaMemsetAsync(size, 0, sizeof(int32_t) * n, stream));
+  ComponentSizeKernel<<<BlocksFor(n), kThreads, 0, stream>>>(root_of, size, n);
   RESUNET_CUDA_CHECK_LAUNCH();
-  DropSmallTumorKernel<<<BlocksFor(n), kThreads, 0, stream>>>(root_of.get(), size.get(), min_lesion_voxels, out, n);
+  DropSmallTumorKernel<<<BlocksFor(n), kThreads, 0, stream>>>(root_of, size, min_lesion_voxels, out, n);
   RESUNET_CUDA_CHECK_LAUNCH();
 
   int32_t host_bad = 0;

@@ -115,8 +115,14 @@ def connected_components(mask: Any, *, connectivity: int = 26) -> tuple[Any, int
         cp = cupy()
         vol = _device_volume(mask, "mask", allow_bool=True)
         labels = cp.empty(vol.shape, dtype=cp.int32)
+        work = cp.empty(vol.size, dtype=cp.int32)  # from CuPy's pool, reused across calls
         count = mod.connected_components_cuda(
-            cuda_ptr(vol), tuple(vol.shape), connectivity, cuda_ptr(labels), current_stream_ptr()
+            cuda_ptr(vol),
+            tuple(vol.shape),
+            connectivity,
+            cuda_ptr(labels),
+            cuda_ptr(work),
+            current_stream_ptr(),
         )
         return labels, int(count)
     vol = _host_volume(mask, "mask", allow_bool=True)
@@ -157,12 +163,14 @@ def postprocess(labels: Any, *, min_lesion_voxels: int = 10, connectivity: int =
         cp = cupy()
         vol = _device_volume(labels, "labels", allow_bool=False)
         out = cp.empty(vol.shape, dtype=cp.uint8)
+        work = cp.empty(2 * vol.size, dtype=cp.int32)
         mod.postprocess_cuda(
             cuda_ptr(vol),
             tuple(vol.shape),
             min_lesion_voxels,
             connectivity,
             cuda_ptr(out),
+            cuda_ptr(work),
             current_stream_ptr(),
         )
         return out
@@ -197,11 +205,13 @@ def lesion_stats(labels: Any, *, connectivity: int = 26) -> LesionStats:
         vol = _device_volume(labels, "labels", allow_bool=False)
         components = cp.empty(vol.shape, dtype=cp.int32)
         stream = current_stream_ptr()
+        work = cp.empty(vol.size, dtype=cp.int32)
         count = int(
             mod.tumor_components_cuda(
-                cuda_ptr(vol), tuple(vol.shape), connectivity, cuda_ptr(components), stream
+                cuda_ptr(vol), tuple(vol.shape), connectivity, cuda_ptr(components), cuda_ptr(work), stream
             )
         )
+        del work
         voxels = cp.zeros((count,), dtype=cp.int64)
         bbox = cp.zeros((count, 6), dtype=cp.int64)
         centroid = cp.zeros((count, 3), dtype=cp.float64)
