@@ -23,7 +23,7 @@ def cases(tmp_path) -> Path:
 
 
 def _args(model, *extra):
-    return ["--model", str(model), "--backend", "torch", "--device", "cpu", "--no-progress", *extra]
+    return ["--model", str(model), "--backend", "onnxruntime", "--device", "cpu", "--no-progress", *extra]
 
 
 def test_expand_inputs_files_folders_globs(tmp_path):
@@ -49,9 +49,9 @@ def test_expand_inputs_keeps_a_missing_file_as_a_case(tmp_path):
     assert cases == [tmp_path / "gone.nii.gz"] and missing == []
 
 
-def test_all_good_cases_exit_zero_with_outputs(trained_checkpoint, cases, tmp_path, capsys):
+def test_all_good_cases_exit_zero_with_outputs(onnx_fp32, cases, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main([str(cases), "-o", str(out), "--overlay", *_args(trained_checkpoint)])
+    code = main([str(cases), "-o", str(out), "--overlay", *_args(onnx_fp32)])
     assert code == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["a_mask.nii.gz", "a_overlay.png", "a_report.json"]
@@ -61,11 +61,11 @@ def test_all_good_cases_exit_zero_with_outputs(trained_checkpoint, cases, tmp_pa
     assert "1 of 1 cases segmented, 0 failed" in printed
 
 
-def test_bad_file_is_reported_and_skipped(trained_checkpoint, cases, tmp_path, capsys):
+def test_bad_file_is_reported_and_skipped(onnx_fp32, cases, tmp_path, capsys):
     bad = cases / "broken.nii.gz"
     bad.write_bytes(b"\x1f\x8b not really gzip")
     out = tmp_path / "out"
-    code = main([str(cases / "*.nii.gz"), "-o", str(out), *_args(trained_checkpoint)])
+    code = main([str(cases / "*.nii.gz"), "-o", str(out), *_args(onnx_fp32)])
     assert code == 1
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.nii.gz", "a_report.json"]
     printed = capsys.readouterr().out
@@ -73,28 +73,28 @@ def test_bad_file_is_reported_and_skipped(trained_checkpoint, cases, tmp_path, c
     assert "1 of 2 cases segmented, 1 failed" in printed
 
 
-def test_no_report_writes_only_masks(trained_checkpoint, tmp_path):
+def test_no_report_writes_only_masks(onnx_fp32, tmp_path):
     out = tmp_path / "out"
-    assert main([str(LITS_SMALL), "-o", str(out), "--no-report", *_args(trained_checkpoint)]) == 0
+    assert main([str(LITS_SMALL), "-o", str(out), "--no-report", *_args(onnx_fp32)]) == 0
     assert [p.name for p in out.iterdir()] == ["ct_mask.nii.gz"]
 
 
-def test_mask_written_by_the_cli_is_the_segmenters(trained_checkpoint, tmp_path):
+def test_mask_written_by_the_cli_is_the_segmenters(onnx_fp32, tmp_path):
     import nibabel as nib
     from resunet_trt.io import load_ct, load_label
     from resunet_trt.segmenter import Segmenter
 
     out = tmp_path / "out"
-    assert main([str(LITS_SMALL), "-o", str(out), "--min-lesion-voxels", "4", *_args(trained_checkpoint)]) == 0
-    with Segmenter(model=trained_checkpoint, device="cpu", backend="torch", min_lesion_voxels=4) as seg:
+    assert main([str(LITS_SMALL), "-o", str(out), "--min-lesion-voxels", "4", *_args(onnx_fp32)]) == 0
+    with Segmenter(model=onnx_fp32, device="cpu", backend="onnxruntime", min_lesion_voxels=4) as seg:
         expected = seg.segment(LITS_SMALL).labels
     written = load_label(out / "ct_mask.nii.gz", like=load_ct(LITS_SMALL))
     np.testing.assert_array_equal(written, expected)
     assert nib.load(out / "ct_mask.nii.gz").shape == nib.load(LITS_SMALL).shape
 
 
-def test_glob_matching_nothing_exits_two(trained_checkpoint, tmp_path, capsys):
-    code = main([str(tmp_path / "nothing*.nii.gz"), "-o", str(tmp_path / "out"), *_args(trained_checkpoint)])
+def test_glob_matching_nothing_exits_two(onnx_fp32, tmp_path, capsys):
+    code = main([str(tmp_path / "nothing*.nii.gz"), "-o", str(tmp_path / "out"), *_args(onnx_fp32)])
     assert code == 2
     assert "no file matches" in capsys.readouterr().err
 

@@ -1,7 +1,7 @@
 """The Segmenter end to end on the real CT: geometry, orientation, DICOM == NIfTI, bad inputs, atomic outputs.
 
-The model is the tiny checkpoint trained on lits117_roi128 (tests/model_fixtures.py), run with the PyTorch
-backend on the CPU; what is checked is the pipeline around it (the same network input whatever the file's
+The model is the tiny checkpoint trained on lits117_roi128 (tests/model_fixtures.py), exported to fp32 ONNX and
+run with ONNX Runtime on the CPU (the reference runs the checkpoint in PyTorch); what is checked is the pipeline around it (the same network input whatever the file's
 orientation, masks in the input's geometry, statistics consistent with the labels), against references
 computed here with torch and scipy.
 """
@@ -28,8 +28,8 @@ DICOM_SERIES = Path(__file__).parent / "data" / "dicom_ct3slice" / "series"
 
 
 @pytest.fixture(scope="module")
-def segmenter(trained_checkpoint):
-    with Segmenter(model=trained_checkpoint, device="cpu", backend="torch", batch_size=8) as seg:
+def segmenter(onnx_fp32):
+    with Segmenter(model=onnx_fp32, device="cpu", backend="onnxruntime", batch_size=8) as seg:
         yield seg
 
 
@@ -195,8 +195,8 @@ def test_result_volumes_follow_from_labels(small_result):
 
 
 @pytest.mark.parametrize("batch_size", [3, 64])
-def test_slab_size_does_not_change_labels(trained_checkpoint, small_result, batch_size):
-    with Segmenter(model=trained_checkpoint, device="cpu", backend="torch", batch_size=batch_size) as seg:
+def test_slab_size_does_not_change_labels(onnx_fp32, small_result, batch_size):
+    with Segmenter(model=onnx_fp32, device="cpu", backend="onnxruntime", batch_size=batch_size) as seg:
         got = seg.segment(small_result.volume).labels
     np.testing.assert_array_equal(got, small_result.labels)
 
