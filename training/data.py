@@ -26,8 +26,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import ops
-
 logger = logging.getLogger(__name__)
 
 LABEL_KINDS = ("full", "liver_only")
@@ -210,22 +208,23 @@ def find_cases(source: str | Path, *, kind: str | None = None) -> list[CaseSpec]
 def load_case(spec: CaseSpec) -> Case:
     """Load and check one case; ValueError naming the file on any problem.
 
-    Checks: the image is 3D, the label exists, has the image's shape and affine, and holds only 0/1/2 (0/1 for
-    ``liver_only``; a 2 there is taken as liver).
+    Checks (through ``resunet_trt.io``): the image is a 3D CT, the label exists, has the image's on-disk shape
+    and affine, and holds only 0/1/2 (for ``liver_only`` cases a 2 is taken as liver).
     """
+    from resunet_trt import io as rio
+
     if not Path(spec.image).exists():
         raise ValueError(f"image file not found: {spec.image}")
     if not Path(spec.label).exists():
         raise ValueError(f"no label file for image {spec.image}: {spec.label} does not exist")
     try:
-        vol = ops.load_ct(spec.image)
+        vol = rio.load_ct(spec.image)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{spec.image}: cannot be read as a 3D CT volume ({exc})") from exc
     if vol.hu.ndim != 3:
         raise ValueError(f"{spec.image}: expected a 3D image, got shape {vol.hu.shape}")
-    _check_label_geometry(spec, vol)
     try:
-        labels = ops.load_label(spec.label, vol)
+        labels = rio.load_label(spec.label, vol)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{spec.label}: label does not match image {spec.image} ({exc})") from exc
     if labels.shape != vol.hu.shape:
@@ -243,34 +242,6 @@ def load_case(spec: CaseSpec) -> Case:
         kind=spec.kind,
         spacing=tuple(float(s) for s in vol.spacing),  # type: ignore[arg-type]
     )
-
-
-def _check_label_geometry(spec: CaseSpec, vol: Any) -> None:
-    """Compare the label file's raw header (shape, dimensionality, affine) with the image before reorienting."""
-    import nibabel as nib
-
-    if _strip_nifti(Path(spec.label).name) is None:
-        return
-    img = nib.load(str(spec.label))
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) != 3:
-        if len(shape) == 4 and shape[3] == 1:
-            shape = shape[:3]
-        else:
-            raise ValueError(f"{spec.label}: expected a 3D label volume, got shape {shape}")
-    if sorted(shape) != sorted(vol.hu.shape):
-        raise ValueError(
-            f"{spec.label}: label shape {shape} does not match image {spec.image} (canonical shape {vol.hu.shape})"
-        )
-    if _strip_nifti(Path(spec.image).name) is not None:
-        ref = nib.load(str(spec.image))
-        if tuple(int(s) for s in ref.shape[:3]) != shape:
-            raise ValueError(f"{spec.label}: label shape {shape} differs from image shape {ref.shape[:3]} ({spec.image})")
-        if not np.allclose(ref.affine, img.affine, atol=1e-3, rtol=1e-4):
-            raise ValueError(
-                f"{spec.label}: label affine differs from image affine ({spec.image}):\n"
-                f"{np.array2string(img.affine, precision=3)}\nvs\n{np.array2string(ref.affine, precision=3)}"
-            )
 
 
 def split_cases(
@@ -330,7 +301,11 @@ def preprocess_volume(
     dtype: str = "float16",
 ) -> np.ndarray:
     """Network input for every slice of a volume: (D, H, W) HU -> (D, K, h, w), via ``kernels.preprocess``."""
-    return ops.preprocess(hu, window=tuple(window), out_size=tuple(plane_size), context=context, dtype=dtype)
+    from resunet_trt import kernels
+
+    return np.asarray(
+        kernels.preprocess(hu, window=tuple(window), out_size=tuple(plane_size), context=context, dtype=dtype)
+    )
 
 
 @dataclass

@@ -37,10 +37,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make `training` and `resunet_trt` importable
+if __package__ in (None, ""):  # run as a script: make `training` (and, from a source tree, `resunet_trt`) importable
+    import importlib.util
+
     _ROOT = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(_ROOT))
-    if (_ROOT / "python" / "resunet_trt").is_dir():
+    if importlib.util.find_spec("resunet_trt") is None and (_ROOT / "python" / "resunet_trt").is_dir():
         sys.path.insert(1, str(_ROOT / "python"))
 
 from training.augment import AugmentConfig, augment_sample, random_crop  # noqa: E402
@@ -323,7 +325,7 @@ def predict_case(model: Any, case: PreparedCase, *, device: Any, batch_size: int
     """Labels uint8 (D, H, W) at the case's original resolution, through ``kernels.logits_to_labels``."""
     import torch
 
-    from training import ops
+    from resunet_trt import kernels
 
     out = np.empty(case.labels.shape, np.uint8)
     hw = case.labels.shape[1:]
@@ -332,7 +334,9 @@ def predict_case(model: Any, case: PreparedCase, *, device: Any, batch_size: int
             xb = torch.from_numpy(np.asarray(case.x[start : start + batch_size], dtype=np.float32)).to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(xb)
-            out[start : start + len(xb)] = ops.logits_to_labels(logits.float().cpu().numpy(), out_size=hw)
+            out[start : start + len(xb)] = kernels.logits_to_labels(
+                np.ascontiguousarray(logits.float().cpu().numpy()), out_size=hw
+            )
     return out
 
 
@@ -423,7 +427,12 @@ def _collect_cases(config: dict[str, Any]) -> tuple[list[Case], list[Case]]:
 
 
 def train(
-    config: dict[str, Any], *, resume: bool = False, command: str | None = None, device: str = "auto"
+    config: dict[str, Any],
+    *,
+    resume: bool = False,
+    command: str | None = None,
+    device: str = "auto",
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Run (or resume) a training described by ``config`` (see DEFAULT_CONFIG and training/configs/default.yaml).
 
@@ -432,6 +441,8 @@ def train(
         resume: continue from ``run_dir/resume.pt`` (exactly: model, optimizer, scheduler, scaler, RNG, epoch).
         command: the command line, recorded in the checkpoints.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+        stop_after: run at most this many epochs in this call (the schedule still spans ``optim.epochs``);
+            continue later with ``resume=True``. For time-boxed jobs.
 
     Returns:
         :class:`TrainResult`.
@@ -443,6 +454,7 @@ def train(
     from resunet_trt.model import ResUNet, ResUNetConfig, check_plane_size, count_parameters, save_checkpoint
     from training.losses import segmentation_loss
 
+    config = json.loads(json.dumps(config, default=str))  # paths -> str: the config is written as YAML and JSON
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev_type = torch.device(device).type
@@ -656,6 +668,9 @@ def train(
             import torch.distributed as dist
 
             dist.barrier()
+        if stop_after is not None and epoch + 1 - start_epoch >= stop_after and epoch + 1 < epochs:
+            logger.info("stopping after epoch %d as asked; continue with --resume", epoch + 1)
+            break
         if stop:
             logger.info("early stopping after epoch %d (no improvement in %d validations)", epoch + 1, bad_evals)
             break
@@ -712,6 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="set a config value, e.g. optim.lr=1e-3 (value parsed as YAML); repeatable")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="run at most N epochs now (the schedule still spans optim.epochs); continue with --resume")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun sets the local GPU)")
     p.add_argument("--export", type=Path, metavar="PT",
                    help="after training, copy the best checkpoint to this path (e.g. the bundled default model)")
@@ -744,7 +761,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config["progress"] = False
     command = " ".join(shlex.quote(a) for a in ["python", "training/train.py", *(sys.argv[1:] if argv is None else argv)])
     try:
-        result = train(config, resume=args.resume, command=command, device=args.device)
+        result = train(config, resume=args.resume, command=command, device=args.device,
+                       stop_after=args.stop_after)
     except ValueError as exc:
         logging.getLogger("resunet_trt.train").error("%s", exc)
         return 2

@@ -264,11 +264,12 @@ def _build_module_classes() -> tuple[type, type]:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             """(N, K, h, w) float -> (N, num_classes, h, w) logits."""
-            if x.dim() != 4 or x.shape[1] != self.config.in_channels:
-                raise ValueError(
-                    f"input must be (N, {self.config.in_channels}, h, w), got {tuple(x.shape)}"
-                )
-            if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+                # shape checks on concrete tensors only: an exported graph keeps no Python branches
+                if x.dim() != 4 or x.shape[1] != self.config.in_channels:
+                    raise ValueError(
+                        f"input must be (N, {self.config.in_channels}, h, w), got {tuple(x.shape)}"
+                    )
                 check_plane_size(self.config, (int(x.shape[2]), int(x.shape[3])))
             y = self.stem(x)
             skips = []
@@ -409,7 +410,7 @@ def load_checkpoint(
     meta_dict["extra"] = extra
     metadata = ModelMetadata.from_dict(meta_dict, source=str(path))
     config = ResUNetConfig.from_dict(metadata.model_config)
-    model = ResUNet(config)
+    model = _classes()[1](config)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, metadata
