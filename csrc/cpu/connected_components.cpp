@@ -67,13 +67,28 @@ int NeighbourRows(int connectivity, NeighbourRow* rows) {
   return 4;
 }
 
+#if defined(__SSE2__)
+using ByteMax = __m128i;  // running per-lane maximum of the bytes read
+inline ByteMax ByteMaxInit() { return _mm_setzero_si128(); }
+inline uint8_t ByteMaxReduce(ByteMax m) {
+  m = _mm_max_epu8(m, _mm_srli_si128(m, 8));
+  m = _mm_max_epu8(m, _mm_srli_si128(m, 4));
+  m = _mm_max_epu8(m, _mm_srli_si128(m, 2));
+  m = _mm_max_epu8(m, _mm_srli_si128(m, 1));
+  return static_cast<uint8_t>(_mm_cvtsi128_si32(m) & 0xFF);
+}
+#else
+using ByteMax = uint8_t;
+inline ByteMax ByteMaxInit() { return 0; }
+inline uint8_t ByteMaxReduce(ByteMax m) { return m; }
+#endif
+
 // 64 voxels -> 64-bit foreground mask (bit k = voxel k); also folds the bytes into a running maximum.
 template <Foreground F>
-inline uint64_t ForegroundBits64(const uint8_t* p, uint8_t& max_value) {
+inline uint64_t ForegroundBits64(const uint8_t* p, ByteMax& vmax) {
 #if defined(__SSE2__)
   const __m128i zero = _mm_setzero_si128();
   const __m128i two = _mm_set1_epi8(2);
-  __m128i vmax = _mm_setzero_si128();
   uint64_t bits = 0;
   for (int k = 0; k < 4; ++k) {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * k));
@@ -86,19 +101,13 @@ inline uint64_t ForegroundBits64(const uint8_t* p, uint8_t& max_value) {
     }
     bits |= static_cast<uint64_t>(m) << (16 * k);
   }
-  // Horizontal max only when something is there: empty chunks stay cheap.
-  if (bits != 0 || F == Foreground::kTumor) {
-    alignas(16) uint8_t lanes[16];
-    _mm_store_si128(reinterpret_cast<__m128i*>(lanes), vmax);
-    for (uint8_t b : lanes) max_value = std::max(max_value, b);
-  }
   return bits;
 #else
   uint64_t bits = 0;
   for (int k = 0; k < 64; ++k) {
     const bool fg = F == Foreground::kNonZero ? p[k] != 0 : p[k] == 2;
     bits |= static_cast<uint64_t>(fg) << k;
-    max_value = std::max(max_value, p[k]);
+    vmax = std::max(vmax, p[k]);
   }
   return bits;
 #endif
@@ -108,15 +117,16 @@ template <Foreground F>
 void ScanRow(const uint8_t* row, int32_t width, std::vector<Run>& out, uint8_t& max_value) {
   bool in_run = false;
   int32_t start = 0;
+  ByteMax vmax = ByteMaxInit();
   for (int32_t base = 0; base < width; base += 64) {
     const int32_t n = std::min<int32_t>(64, width - base);
     uint64_t bits;
     if (n == 64) {
-      bits = ForegroundBits64<F>(row + base, max_value);
+      bits = ForegroundBits64<F>(row + base, vmax);
     } else {
       alignas(16) uint8_t tail[64] = {0};  // zero padding is background for both rules
       std::memcpy(tail, row + base, static_cast<size_t>(n));
-      bits = ForegroundBits64<F>(tail, max_value);
+      bits = ForegroundBits64<F>(tail, vmax);
     }
     if (in_run) {
       const uint64_t gaps = ~bits;
@@ -140,6 +150,7 @@ void ScanRow(const uint8_t* row, int32_t width, std::vector<Run>& out, uint8_t& 
     }
   }
   if (in_run) out.push_back({start, width});
+  max_value = std::max(max_value, ByteMaxReduce(vmax));  // once per row, not per chunk
 }
 
 inline uint32_t Find(uint32_t* parent, uint32_t x) {
