@@ -141,13 +141,10 @@ def longest_axial_diameter_mm(component_mask: np.ndarray, spacing: Sequence[floa
     """
     mask = _checked_mask(component_mask, "component_mask")
     _, dy, dx = _checked_spacing(spacing)
-    if not mask.any():
+    box = _bounding_box(mask)
+    if box is None:
         return 0.0
-    # Crop to the bounding box so that huge, mostly empty masks cost little.
-    zs = np.flatnonzero(mask.any(axis=(1, 2)))
-    ys = np.flatnonzero(mask.any(axis=(0, 2)))
-    xs = np.flatnonzero(mask.any(axis=(0, 1)))
-    crop = mask[zs[0] : zs[-1] + 1, ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
+    crop = mask[box]  # huge, mostly empty masks cost little
     width = crop.shape[2]
     row_has = np.asarray(crop.any(axis=2))  # (d, h)
     left = crop.argmax(axis=2)  # first True per row
@@ -175,6 +172,17 @@ def size_bucket(diameter_mm: float) -> str:
     if diameter_mm <= 20.0:
         return BUCKETS[1]
     return BUCKETS[2]
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Smallest box holding every True voxel of a (D, H, W) mask, or None when it is empty."""
+    bounds = []
+    for axis in range(3):
+        idx = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if idx.size == 0:
+            return None
+        bounds.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return bounds[0], bounds[1], bounds[2]
 
 
 def _components_of(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
@@ -375,8 +383,12 @@ def lesion_detection(
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
 
-    gt_cc, _ = _components_of(g == 2, connectivity)
-    pred_cc, _ = _components_of(p == 2, connectivity)
+    gt_tumor, pred_tumor = g == 2, p == 2
+    # Every lesion lies inside the bounding box of all tumor voxels: work there. Cropping keeps the components
+    # and their raster-order numbering, so ids are those of the full volume.
+    box = _bounding_box(gt_tumor | pred_tumor) or (slice(0, 0),) * 3
+    gt_cc, _ = _components_of(gt_tumor[box], connectivity)
+    pred_cc, _ = _components_of(pred_tumor[box], connectivity)
     match = match_lesions(gt_cc, pred_cc, criterion=criterion, iou_threshold=iou_threshold)
     gt_les = _lesion_geometry(gt_cc, match["n_gt"], sp)
     pred_les = _lesion_geometry(pred_cc, match["n_pred"], sp)
