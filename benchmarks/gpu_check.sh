@@ -183,6 +183,12 @@ PYEOF
 export PY JOBS WORK
 export -f build_cuda check_core
 run_step build 300 "$OUT/build.log" bash -c build_cuda
+# When only the pip fallback built the core, the installed package must not be shadowed by the source tree.
+if ! compgen -G "$REPO/python/resunet_trt/_core*.so" >/dev/null; then
+  export PYTHONPATH="${PYTHONPATH#"$REPO/python"}"
+  PYTHONPATH="${PYTHONPATH#:}"
+  log "no _core in the source tree: using the installed package"
+fi
 run_step core_check 60 "$WORK/core_check.log" bash -c check_core
 cat "$WORK/core_check.log" >>"$MAIN_LOG" 2>/dev/null
 
