@@ -559,49 +559,52 @@ class Segmenter:
 
             stage_events: list[tuple[Any, Any, Any, Any]] = []
             t_wall = time.perf_counter()
-            bar = self.progress and not self._in_files
-            for k, (start, stop) in enumerate(_progress(plan, enabled=bar, desc="slabs", leave=False)):
-                # Queue uploads up to one chunk past what this slab reads, so the next copy overlaps compute.
-                while len(copied) <= min(len(plan) - 1, needs[k] + 1):
-                    enqueue_upload(len(copied))
-                compute.wait_event(copied[needs[k]])
+            try:
+                bar = self.progress and not self._in_files
+                for k, (start, stop) in enumerate(_progress(plan, enabled=bar, desc="slabs", leave=False)):
+                    # Queue uploads up to one chunk past what this slab reads, so the next copy overlaps compute.
+                    while len(copied) <= min(len(plan) - 1, needs[k] + 1):
+                        enqueue_upload(len(copied))
+                    compute.wait_event(copied[needs[k]])
+                    with compute:
+                        e0, e1, e2, e3 = (cp.cuda.Event() for _ in range(4))
+                        e0.record(compute)
+                        batch = kernels.preprocess(
+                            d_hu,
+                            window=tuple(meta.window),
+                            out_size=tuple(meta.plane_size),
+                            context=meta.context,
+                            dtype=self._input_dtype,
+                            start=start,
+                            stop=stop,
+                        )
+                        e1.record(compute)
+                        logits = self.backend.infer(batch)
+                        e2.record(compute)
+                        d_labels[start:stop] = kernels.logits_to_labels(logits, out_size=(height, width))
+                        e3.record(compute)
+                        stage_events.append((e0, e1, e2, e3))
+                        del batch, logits
                 with compute:
-                    e0, e1, e2, e3 = (cp.cuda.Event() for _ in range(4))
-                    e0.record(compute)
-                    batch = kernels.preprocess(
-                        d_hu,
-                        window=tuple(meta.window),
-                        out_size=tuple(meta.plane_size),
-                        context=meta.context,
-                        dtype=self._input_dtype,
-                        start=start,
-                        stop=stop,
+                    d_hu = None  # the CT is no longer needed on the device; its memory serves postprocessing
+                    p0, p1 = cp.cuda.Event(), cp.cuda.Event()
+                    p0.record(compute)
+                    d_post = kernels.postprocess(
+                        d_labels, min_lesion_voxels=self.min_lesion_voxels, connectivity=self.connectivity
                     )
-                    e1.record(compute)
-                    logits = self.backend.infer(batch)
-                    e2.record(compute)
-                    d_labels[start:stop] = kernels.logits_to_labels(logits, out_size=(height, width))
-                    e3.record(compute)
-                    stage_events.append((e0, e1, e2, e3))
-                    del batch, logits
-            with compute:
-                d_hu = None  # the CT is no longer needed on the device; its memory serves postprocessing
-                p0, p1 = cp.cuda.Event(), cp.cuda.Event()
-                p0.record(compute)
-                d_post = kernels.postprocess(
-                    d_labels, min_lesion_voxels=self.min_lesion_voxels, connectivity=self.connectivity
-                )
-                del d_labels
-                stats = kernels.lesion_stats(d_post, connectivity=self.connectivity)
-                liver_voxels_d = cp.count_nonzero(d_post)
-                p1.record(compute)
-                labels = np.empty((depth, height, width), dtype=np.uint8)
-                t_down = time.perf_counter()
-                d_post.get(stream=compute, out=labels)
-                liver_voxels = int(liver_voxels_d.get(stream=compute))
-                compute.synchronize()
-                timings["download"] = time.perf_counter() - t_down
-            copy.synchronize()
+                    del d_labels
+                    stats = kernels.lesion_stats(d_post, connectivity=self.connectivity)
+                    liver_voxels_d = cp.count_nonzero(d_post)
+                    p1.record(compute)
+                    labels = np.empty((depth, height, width), dtype=np.uint8)
+                    t_down = time.perf_counter()
+                    d_post.get(stream=compute, out=labels)
+                    liver_voxels = int(liver_voxels_d.get(stream=compute))
+                    compute.synchronize()
+                    timings["download"] = time.perf_counter() - t_down
+            finally:
+                # Never hand the pinned buffers back to CuPy's pool while a copy from them may be pending.
+                copy.synchronize()
             t_device = time.perf_counter() - t_wall
 
             for e0, e1, e2, e3 in stage_events:
