@@ -4,11 +4,14 @@ A random-weight network cannot show that FP16/INT8 keep the liver and tumor wher
 session trains a tiny ResUNet (base width 8, plane 128, context 3) on the real LiTS case 117 ROI for a fixed
 number of steps (about half a minute on two cores). It is fitted to that one case on purpose: the tests compare
 precisions and backends with each other on meaningful predictions, not the model's generalisation.
-Everything is cached in one session temporary folder.
+The model files live in one session temporary folder; the trained checkpoint is also kept in pytest's cache
+(see :func:`trained_checkpoint`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -92,15 +95,40 @@ def model_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+def _cache_key() -> str:
+    """Changes whenever the network code, this recipe or torch changes, so a cached model is never stale."""
+    import torch
+
+    import resunet_trt.model
+
+    h = hashlib.sha256()
+    h.update(Path(resunet_trt.model.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    h.update(torch.__version__.encode())
+    return h.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def trained_checkpoint(model_dir, lits117) -> Path:
-    """A .pt checkpoint of a tiny ResUNet trained on lits117_roi128 (plane 128, context 3)."""
+def trained_checkpoint(request, model_dir, lits117) -> Path:
+    """A .pt checkpoint of a tiny ResUNet trained on lits117_roi128 (plane 128, context 3).
+
+    Training takes about half a minute on an idle 2-core machine; the result is also kept in pytest's cache
+    folder (.pytest_cache, keyed by the network code and this recipe) so later runs reuse it. With the cache
+    plugin disabled (-p no:cacheprovider) it is trained once per session.
+    """
     from resunet_trt.model import save_checkpoint
 
+    path = model_dir / "tiny.pt"
+    cache = getattr(request.config, "cache", None)
+    cached = cache.mkdir(f"resunet_tiny_model_{_cache_key()}") / "tiny.pt" if cache is not None else None
+    if cached is not None and cached.is_file():
+        shutil.copyfile(cached, path)
+        return path
     hu, labels = lits117
     model, metadata = _train_tiny_model(hu, labels)
-    path = model_dir / "tiny.pt"
     save_checkpoint(path, model, metadata)
+    if cached is not None:
+        save_checkpoint(cached, model, metadata)
     return path
 
 

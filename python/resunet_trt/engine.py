@@ -663,14 +663,18 @@ def load_engine(
     if not plan_path.is_file():
         raise FileNotFoundError(f"TensorRT plan not found: {plan_path}")
     sidecar = read_sidecar(plan_path)
+    index = parse_device_index(device)
+    plan = plan_path.read_bytes()
+    plan_sha = sha256_bytes(plan)
+    if plan_sha != sidecar.plan_sha256:  # checked before anything needs TensorRT or a GPU
+        verify_sidecar(sidecar, plan_sha256=plan_sha, tensorrt_version=sidecar.tensorrt_version,
+                       gpu=GpuInfo(sidecar.device_name, sidecar.compute_capability), plan_name=str(plan_path))
     import_tensorrt()
     import tensorrt as trt
 
-    index = parse_device_index(device)
     gpu = current_gpu(index)
-    plan = plan_path.read_bytes()
     verify_sidecar(
-        sidecar, plan_sha256=sha256_bytes(plan), tensorrt_version=str(trt.__version__), gpu=gpu,
+        sidecar, plan_sha256=plan_sha, tensorrt_version=str(trt.__version__), gpu=gpu,
         expected_metadata=expected_metadata, plan_name=str(plan_path),
     )
     _set_cuda_device(index)

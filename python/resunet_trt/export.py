@@ -468,7 +468,7 @@ def quantize_int8(
     data_dir: str | os.PathLike[str] | None = None,
     method: str = "percentile",
     percentile: float = 99.999,
-    max_slices: int = 128,
+    max_slices: int = 48,
     batch_size: int = 8,
     keep_logits_conv_float: bool = True,
     preprocess: bool = True,
@@ -486,7 +486,9 @@ def quantize_int8(
         data_dir: alternatively, a folder of CT files (see :func:`find_ct_volumes`).
         method: "entropy" or "percentile".
         percentile: the percentile for ``method="percentile"``, in (90, 100].
-        max_slices: calibration slices in all.
+        max_slices: calibration slices in all. ONNX Runtime's histogram calibrators keep every activation of
+            every calibration slice in memory before building histograms (about 60 MB per 256 x 256 slice for the
+            default network), so a few dozen slices is the practical range.
         batch_size: slices per calibration batch.
         keep_logits_conv_float: leave the last convolution (the one producing the logits) in float.
         preprocess: run ``onnxruntime.quantization.quant_pre_process`` (shape inference, graph optimisation)
