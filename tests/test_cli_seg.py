@@ -9,15 +9,20 @@ import numpy as np
 import pytest
 from resunet_trt.cli.seg import expand_inputs, main
 
-LITS_SMALL = Path(__file__).parent / "data" / "lits_small64" / "ct.nii.gz"
+
+@pytest.fixture(scope="module")
+def ct_file(tmp_path_factory) -> Path:
+    from test_segmenter import write_liver_crop
+
+    return write_liver_crop(tmp_path_factory.mktemp("ct") / "ct.nii.gz")
 
 
 @pytest.fixture()
-def cases(tmp_path) -> Path:
+def cases(tmp_path, ct_file) -> Path:
     """A folder with a copy of the small real case and a text file."""
     folder = tmp_path / "in"
     folder.mkdir()
-    (folder / "a.nii.gz").write_bytes(LITS_SMALL.read_bytes())
+    (folder / "a.nii.gz").write_bytes(ct_file.read_bytes())
     (folder / "notes.txt").write_text("not an input\n")
     return folder
 
@@ -73,24 +78,25 @@ def test_bad_file_is_reported_and_skipped(onnx_fp32, cases, tmp_path, capsys):
     assert "1 of 2 cases segmented, 1 failed" in printed
 
 
-def test_no_report_writes_only_masks(onnx_fp32, tmp_path):
+def test_no_report_writes_only_masks(onnx_fp32, tmp_path, ct_file):
     out = tmp_path / "out"
-    assert main([str(LITS_SMALL), "-o", str(out), "--no-report", *_args(onnx_fp32)]) == 0
+    assert main([str(ct_file), "-o", str(out), "--no-report", *_args(onnx_fp32)]) == 0
     assert [p.name for p in out.iterdir()] == ["ct_mask.nii.gz"]
 
 
-def test_mask_written_by_the_cli_is_the_segmenters(onnx_fp32, tmp_path):
+def test_mask_written_by_the_cli_is_the_segmenters(onnx_fp32, tmp_path, ct_file):
     import nibabel as nib
     from resunet_trt.io import load_ct, load_label
     from resunet_trt.segmenter import Segmenter
 
     out = tmp_path / "out"
-    assert main([str(LITS_SMALL), "-o", str(out), "--min-lesion-voxels", "4", *_args(onnx_fp32)]) == 0
+    assert main([str(ct_file), "-o", str(out), "--min-lesion-voxels", "4", *_args(onnx_fp32)]) == 0
     with Segmenter(model=onnx_fp32, device="cpu", backend="onnxruntime", min_lesion_voxels=4) as seg:
-        expected = seg.segment(LITS_SMALL).labels
-    written = load_label(out / "ct_mask.nii.gz", like=load_ct(LITS_SMALL))
+        expected = seg.segment(ct_file).labels
+    assert np.count_nonzero(expected == 2) > 1_000
+    written = load_label(out / "ct_mask.nii.gz", like=load_ct(ct_file))
     np.testing.assert_array_equal(written, expected)
-    assert nib.load(out / "ct_mask.nii.gz").shape == nib.load(LITS_SMALL).shape
+    assert nib.load(out / "ct_mask.nii.gz").shape == nib.load(ct_file).shape
 
 
 def test_glob_matching_nothing_exits_two(onnx_fp32, tmp_path, capsys):
@@ -99,18 +105,34 @@ def test_glob_matching_nothing_exits_two(onnx_fp32, tmp_path, capsys):
     assert "no file matches" in capsys.readouterr().err
 
 
-def test_unusable_device_is_a_clean_error(tmp_path, capsys):
+def test_unusable_device_is_a_clean_error(tmp_path, capsys, ct_file):
     from resunet_trt.segmenter import cuda_status
 
     if cuda_status(0)[0]:
         pytest.skip("CUDA is usable here")
-    code = main([str(LITS_SMALL), "-o", str(tmp_path / "out"), "--device", "cuda", "--no-progress"])
+    code = main([str(ct_file), "-o", str(tmp_path / "out"), "--device", "cuda", "--no-progress"])
     assert code == 2
     assert "CUDA" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", [["--batch-size", "0"], ["--min-lesion-voxels", "-1"], ["--backend", "tpu"]])
-def test_bad_arguments_exit_two(tmp_path, bad):
+def test_bad_arguments_exit_two(tmp_path, bad, ct_file):
     with pytest.raises(SystemExit) as info:
-        main([str(LITS_SMALL), "-o", str(tmp_path / "out"), *bad])
+        main([str(ct_file), "-o", str(tmp_path / "out"), *bad])
     assert info.value.code == 2
+
+
+def test_every_kind_of_bad_input_is_skipped_and_the_good_case_goes_on(onnx_fp32, tmp_path, capsys, ct_file):
+    from test_segmenter import BAD_KINDS, _bad_input
+
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    bad = [_bad_input(kind, bad_dir) for kind in BAD_KINDS]
+    out = tmp_path / "out"
+    code = main([*map(str, bad), str(ct_file), "-o", str(out), *_args(onnx_fp32)])
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["ct_mask.nii.gz", "ct_report.json"]
+    lines = capsys.readouterr().out.splitlines()
+    for path in bad:
+        assert any(line.startswith(str(path)) and "FAILED" in line for line in lines), path
+    assert f"1 of {len(bad) + 1} cases segmented, {len(bad)} failed" in lines[-1]

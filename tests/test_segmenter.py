@@ -23,7 +23,7 @@ from resunet_trt.segmenter import (
     slabs,
 )
 
-LITS_SMALL = Path(__file__).parent / "data" / "lits_small64" / "ct.nii.gz"
+LITS117 = Path(__file__).parent / "data" / "lits117_roi128" / "ct.nii.gz"
 DICOM_SERIES = Path(__file__).parent / "data" / "dicom_ct3slice" / "series"
 
 
@@ -33,9 +33,35 @@ def segmenter(onnx_fp32):
         yield seg
 
 
+def write_liver_crop(path: Path, z0: int = 72, z1: int = 104) -> Path:
+    """Slices z0:z1 of the real LiTS case 117 ROI (liver and many tumors on every slice) as a NIfTI file.
+
+    The tiny fixture model was fitted to this case, so its masks have liver and tumor to compare: a test of
+    geometry on a near-empty mask would prove nothing.
+    """
+    import nibabel as nib
+
+    img = nib.load(LITS117)
+    affine = img.affine.copy()
+    affine[:3, 3] += affine[:3, 2] * z0  # the crop's first slice keeps its place in the world
+    crop = nib.Nifti1Image(np.asanyarray(img.dataobj)[:, :, z0:z1], affine, img.header)
+    crop.set_qform(affine, code=1)
+    crop.set_sform(affine, code=1)
+    nib.save(crop, path)
+    return path
+
+
 @pytest.fixture(scope="module")
-def small_result(segmenter):
-    return segmenter.segment(LITS_SMALL)
+def ct_file(tmp_path_factory) -> Path:
+    return write_liver_crop(tmp_path_factory.mktemp("ct") / "ct.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def small_result(segmenter, ct_file):
+    result = segmenter.segment(ct_file)
+    counts = np.bincount(result.labels.ravel(), minlength=3)
+    assert counts[1] > 10_000 and counts[2] > 1_000, f"the fixture model finds too little to compare: {counts}"
+    return result
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,12 +273,12 @@ def _canonical(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asanyarray(img.dataobj), img.affine
 
 
-def test_mask_file_has_the_input_geometry(segmenter, tmp_path):
+def test_mask_file_has_the_input_geometry(segmenter, tmp_path, ct_file):
     import nibabel as nib
 
-    (outcome,) = segmenter.segment_files([LITS_SMALL], tmp_path, report=False)
+    (outcome,) = segmenter.segment_files([ct_file], tmp_path, report=False)
     assert outcome.ok, outcome.error
-    src, mask = nib.load(LITS_SMALL), nib.load(outcome.outputs["mask"])
+    src, mask = nib.load(ct_file), nib.load(outcome.outputs["mask"])
     assert outcome.outputs["mask"].name == "ct_mask.nii.gz"
     assert mask.shape == src.shape
     np.testing.assert_allclose(mask.affine, src.affine, atol=1e-5)
@@ -260,14 +286,15 @@ def test_mask_file_has_the_input_geometry(segmenter, tmp_path):
     assert set(np.unique(np.asanyarray(mask.dataobj))) <= {0, 1, 2}
 
 
-def test_flipped_transposed_copy_gives_the_same_mask_in_world_space(segmenter, tmp_path):
+def test_flipped_transposed_copy_gives_the_same_mask_in_world_space(segmenter, tmp_path, ct_file):
     import nibabel as nib
 
     moved = tmp_path / "moved.nii.gz"
-    _reoriented_copy(LITS_SMALL, moved)
-    assert nib.load(moved).shape != nib.load(LITS_SMALL).shape  # the copy really is laid out differently
-    outcomes = segmenter.segment_files([LITS_SMALL, moved], tmp_path / "out", report=False)
+    _reoriented_copy(ct_file, moved)
+    assert nib.load(moved).shape != nib.load(ct_file).shape  # the copy really is laid out differently
+    outcomes = segmenter.segment_files([ct_file, moved], tmp_path / "out", report=False)
     assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    assert np.bincount(outcomes[0].result.labels.ravel(), minlength=3)[1:].min() > 1_000  # liver and tumor
     np.testing.assert_array_equal(outcomes[0].result.labels, outcomes[1].result.labels)
     a, a_aff = _canonical(outcomes[0].outputs["mask"])
     b, b_aff = _canonical(outcomes[1].outputs["mask"])
@@ -291,6 +318,7 @@ def test_dicom_series_and_its_nifti_conversion_give_the_same_mask(segmenter, tmp
     assert all(o.ok for o in outcomes), [o.error for o in outcomes]
     dicom, nifti = (o.result for o in outcomes)
     np.testing.assert_array_equal(dicom.volume.hu, nifti.volume.hu)
+    assert np.count_nonzero(dicom.labels) > 1_000
     np.testing.assert_array_equal(dicom.labels, nifti.labels)
     a, a_aff = _canonical(outcomes[0].outputs["mask"])
     b, b_aff = _canonical(outcomes[1].outputs["mask"])
@@ -298,12 +326,12 @@ def test_dicom_series_and_its_nifti_conversion_give_the_same_mask(segmenter, tmp
     np.testing.assert_array_equal(a, b)
 
 
-def test_segment_files_writes_report_and_overlay(segmenter, tmp_path):
+def test_segment_files_writes_report_and_overlay(segmenter, tmp_path, ct_file):
     import json
 
     from PIL import Image
 
-    (outcome,) = segmenter.segment_files([LITS_SMALL], tmp_path, overlay=True, report=True)
+    (outcome,) = segmenter.segment_files([ct_file], tmp_path, overlay=True, report=True)
     assert outcome.ok, outcome.error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct_mask.nii.gz", "ct_overlay.png", "ct_report.json"]
     report = json.loads(outcome.outputs["report"].read_text())
@@ -315,11 +343,11 @@ def test_segment_files_writes_report_and_overlay(segmenter, tmp_path):
     assert outcome.result.timings["write"] > 0
 
 
-def test_same_case_names_do_not_overwrite_each_other(segmenter, tmp_path):
+def test_same_case_names_do_not_overwrite_each_other(segmenter, tmp_path, ct_file):
     other = tmp_path / "other"
     other.mkdir()
-    (other / "ct.nii.gz").write_bytes(LITS_SMALL.read_bytes())
-    outcomes = segmenter.segment_files([LITS_SMALL, other / "ct.nii.gz"], tmp_path / "out", report=False)
+    (other / "ct.nii.gz").write_bytes(ct_file.read_bytes())
+    outcomes = segmenter.segment_files([ct_file, other / "ct.nii.gz"], tmp_path / "out", report=False)
     assert [o.outputs["mask"].name for o in outcomes] == ["ct_mask.nii.gz", "ct_2_mask.nii.gz"]
 
 
@@ -371,16 +399,16 @@ def test_bad_input_fails_naming_the_file(segmenter, tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_file_is_skipped_and_the_others_go_on(segmenter, tmp_path, kind):
+def test_bad_file_is_skipped_and_the_others_go_on(segmenter, tmp_path, kind, ct_file):
     bad = _bad_input(kind, tmp_path)
-    outcomes = segmenter.segment_files([bad, LITS_SMALL], tmp_path / "out", report=True)
+    outcomes = segmenter.segment_files([bad, ct_file], tmp_path / "out", report=True)
     assert [o.ok for o in outcomes] == [False, True]
     assert str(bad) in outcomes[0].error
     assert outcomes[0].result is None and outcomes[0].outputs == {}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ct_mask.nii.gz", "ct_report.json"]
 
 
-def test_failing_mask_write_leaves_no_partial_file(segmenter, tmp_path, monkeypatch):
+def test_failing_mask_write_leaves_no_partial_file(segmenter, tmp_path, monkeypatch, ct_file):
     out = tmp_path / "out"
     real_replace = os.replace
 
@@ -390,10 +418,10 @@ def test_failing_mask_write_leaves_no_partial_file(segmenter, tmp_path, monkeypa
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    (outcome,) = segmenter.segment_files([LITS_SMALL], out, report=True)
+    (outcome,) = segmenter.segment_files([ct_file], out, report=True)
     monkeypatch.undo()
     assert not outcome.ok
-    assert "No space left" in outcome.error and str(LITS_SMALL) in outcome.error
+    assert "No space left" in outcome.error and str(ct_file) in outcome.error
     assert list(out.iterdir()) == []  # neither the mask, nor a temporary file, nor a report of a failed case
 
 
