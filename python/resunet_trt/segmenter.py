@@ -452,7 +452,8 @@ class Segmenter:
                     from .overlay import write_overlay
 
                     overlay_path = out / f"{name}_overlay.png"
-                    write_overlay(overlay_path, result, window=tuple(self.metadata.window))
+                    lo, hi = self.metadata.window
+                    write_overlay(overlay_path, result, window=(float(lo), float(hi)))
                     outcome.outputs["overlay"] = overlay_path
                 if report:
                     from .report import write_report
