@@ -236,12 +236,22 @@ def test_array_ctvolume_and_path_give_the_same_labels(segmenter, small_result):
     assert from_volume.timings["read"] == 0.0
 
 
-def test_segment_batch_keeps_order(segmenter, small_result):
+def test_segment_batch_keeps_order(segmenter, small_result, ct_file):
     vol = small_result.volume
-    flipped = type(vol).from_array(np.ascontiguousarray(vol.hu[::-1]), spacing=vol.spacing)
-    results = segmenter.segment_batch([vol, flipped])
-    np.testing.assert_array_equal(results[0].labels, small_result.labels)
-    assert results[1].labels.shape == vol.hu.shape
+    upside_down = np.ascontiguousarray(vol.hu[::-1])
+    results = segmenter.segment_batch([(upside_down, vol.spacing), ct_file, vol])
+    np.testing.assert_array_equal(results[1].labels, small_result.labels)
+    np.testing.assert_array_equal(results[2].labels, small_result.labels)
+    assert results[1].timings["read"] > 0 and results[2].timings["read"] == 0.0
+    assert results[0].labels.shape == vol.hu.shape
+    assert not np.array_equal(results[0].labels, small_result.labels)
+
+
+def test_segment_batch_stops_at_a_bad_file_naming_it(segmenter, ct_file, tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"")
+    with pytest.raises(ValueError, match="broken.nii.gz"):
+        segmenter.segment_batch([ct_file, bad, ct_file])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,7 +32,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -361,8 +363,12 @@ class Segmenter:
             ValueError/TypeError: bad input (a file's errors name the file).
             RuntimeError: a backend or CUDA failure.
         """
-        t_start = time.perf_counter()
         volume, t_read = self._as_volume(item, spacing)
+        return self._segment_volume(volume, t_read)
+
+    def _segment_volume(self, volume: CTVolume, t_read: float) -> Result:
+        """The pipeline on a checked CTVolume; ``t_read`` is the time it took to read (0 for arrays)."""
+        t_start = time.perf_counter()
         timings = dict.fromkeys(STAGES, 0.0)
         timings["read"] = t_read
         if self.device.startswith("cuda"):
@@ -372,7 +378,7 @@ class Segmenter:
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         liver_ml = counts[0] * voxel_ml
         tumor_ml = counts[1] * voxel_ml
-        timings["total"] = time.perf_counter() - t_start
+        timings["total"] = t_read + time.perf_counter() - t_start
         return Result(
             labels=labels,
             volume=volume,
@@ -395,8 +401,31 @@ class Segmenter:
         )
 
     def segment_batch(self, items: Iterable[Any]) -> list[Result]:
-        """Segment several volumes (paths, CTVolumes); errors propagate (see :meth:`segment_files` to skip)."""
-        return [self.segment(item) for item in items]
+        """Segment several volumes, in order; the next file is read while this one is segmented.
+
+        Args:
+            items: paths, CTVolumes, or ``(array, spacing)`` pairs.
+
+        Returns:
+            one :class:`Result` per item. The first error propagates (see :meth:`segment_files` to skip
+            bad cases).
+        """
+        return [self._segment_volume(*read()) for read in self._prefetched(list(items))]
+
+    def _read_item(self, item: Any) -> tuple[CTVolume, float]:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], np.ndarray):
+            return self._as_volume(item[0], item[1])
+        return self._as_volume(item, None)
+
+    def _prefetched(self, items: list[Any]) -> Generator[Callable[[], tuple[CTVolume, float]], None, None]:
+        """Yield, per item, a call returning its (CTVolume, read seconds); item i + 1 is read in a background
+        thread while the caller works on item i (reading and decompressing release the GIL)."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="resunet-read") as pool:
+            queued = deque(pool.submit(self._read_item, item) for item in items[:1])
+            for i in range(len(items)):
+                if i + 1 < len(items):
+                    queued.append(pool.submit(self._read_item, items[i + 1]))
+                yield queued.popleft().result
 
     def segment_files(
         self,
@@ -431,8 +460,10 @@ class Segmenter:
         items = [Path(p) for p in paths]
         names: dict[str, int] = {}
         outcomes: list[FileOutcome] = []
+        reads = self._prefetched(items)
         bar = _progress(items, enabled=self.progress, desc="cases", unit="case")
         for path in bar:
+            read = next(reads)
             name = case_name(path)
             names[name] = names.get(name, 0) + 1
             if names[name] > 1:
@@ -441,7 +472,7 @@ class Segmenter:
             try:
                 self._in_files = True
                 try:
-                    result = self.segment(path)
+                    result = self._segment_volume(*read())
                 finally:
                     self._in_files = False
                 t0 = time.perf_counter()
@@ -470,6 +501,7 @@ class Segmenter:
                 outcome.error = str(_name_file(exc, path))
                 logger.error("%s", outcome.error)
             outcomes.append(outcome)
+        reads.close()
         return outcomes
 
     # -- CPU path ---------------------------------------------------------------------------------
