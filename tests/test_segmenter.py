@@ -313,6 +313,27 @@ def test_flipped_transposed_copy_gives_the_same_mask_in_world_space(segmenter, t
     assert nib.load(outcomes[1].outputs["mask"]).shape == nib.load(moved).shape
 
 
+def test_lesion_centroids_are_in_the_input_files_world(segmenter, tmp_path, ct_file):
+    """Centroids in mm equal the tumor voxels of the written mask mapped through the input file's own affine."""
+    import nibabel as nib
+
+    moved = tmp_path / "moved.nii.gz"
+    _reoriented_copy(ct_file, moved)
+    (outcome,) = segmenter.segment_files([moved], tmp_path / "out", report=True)
+    assert outcome.ok, outcome.error
+    lesions = outcome.summary["lesions"]
+    assert lesions
+    disk = np.asanyarray(nib.load(outcome.outputs["mask"]).dataobj)
+    ijk = np.argwhere(disk == 2)
+    affine = nib.load(moved).affine
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    # The voxel-weighted mean of the lesion centroids is the mean of all tumor voxels (a linear map).
+    weights = np.array([les["voxels"] for les in lesions], dtype=np.float64)
+    centroids = np.array([les["centroid_world_mm"] for les in lesions])
+    assert weights.sum() == len(ijk)
+    np.testing.assert_allclose(weights @ centroids / weights.sum(), world.mean(axis=0), atol=1e-6)
+
+
 def test_dicom_series_and_its_nifti_conversion_give_the_same_mask(segmenter, tmp_path):
     import nibabel as nib
     from resunet_trt.io import load_ct
