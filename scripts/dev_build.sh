@@ -16,4 +16,7 @@ exec 9>/tmp/resunet-dev-build.lock
 flock 9
 cmake -S . -B "$build" -G Ninja -DRESUNET_WITH_CUDA="$cuda" -DRESUNET_SANITIZE="$sanitize" \
   -Dpybind11_DIR="$pybind_dir" -DPython_EXECUTABLE="$(command -v "$python")" >/dev/null
+# Every build directory links to the same module file: remove it so this configuration always relinks it
+# (otherwise ninja may see an up-to-date output that another configuration wrote).
+rm -f python/resunet_trt/_core*.so
 cmake --build "$build" -j "${JOBS:-2}"
