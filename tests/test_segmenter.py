@@ -456,6 +456,20 @@ def test_failing_mask_write_leaves_no_partial_file(segmenter, tmp_path, monkeypa
     assert list(out.iterdir()) == []  # neither the mask, nor a temporary file, nor a report of a failed case
 
 
+def test_failing_report_write_removes_the_cases_mask_too(segmenter, tmp_path, monkeypatch, ct_file):
+    from resunet_trt import report
+
+    def broken_write(path, rep):
+        raise OSError(5, f"cannot write {path}: Input/output error")
+
+    monkeypatch.setattr(report, "write_report", broken_write)
+    out = tmp_path / "out"
+    (outcome,) = segmenter.segment_files([ct_file], out, report=True)
+    assert not outcome.ok and "Input/output error" in outcome.error
+    assert outcome.outputs == {}
+    assert list(out.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU
 # ------------------------------------------------------------------------------------------------

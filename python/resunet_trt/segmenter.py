@@ -439,8 +439,9 @@ class Segmenter:
         """Segment files and write ``<case>_mask.nii.gz`` (+ ``_report.json``, ``_overlay.png``) into ``out_dir``.
 
         A case that fails (unreadable, not a CT, a failed write) is logged and recorded with its reason; the
-        others go on. Every output is written atomically, so a failure leaves no partial file. Two inputs with
-        the same case name get ``_2``, ``_3``... suffixes.
+        others go on. Every output is written atomically, so a failure leaves no partial file, and the outputs
+        a failed case had already written are removed. Two inputs with the same case name get ``_2``, ``_3``...
+        suffixes.
 
         Args:
             paths: NIfTI files and DICOM series folders.
@@ -500,6 +501,10 @@ class Segmenter:
             except Exception as exc:  # noqa: BLE001 - one bad case must not stop the others
                 outcome.error = str(_name_file(exc, path))
                 logger.error("%s", outcome.error)
+                # A failed case leaves nothing behind: no mask without its report, no half of a case.
+                for written in outcome.outputs.values():
+                    written.unlink(missing_ok=True)
+                outcome.outputs.clear()
             outcomes.append(outcome)
         reads.close()
         return outcomes
