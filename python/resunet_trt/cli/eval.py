@@ -728,6 +728,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("resunet-eval: error: give --pred DIR --gt DIR, or --data DIR [--model M]", file=sys.stderr)
         return 2
+    if args.save_masks and (args.data is None or args.out is None):
+        print("resunet-eval: error: --save-masks needs --data and -o", file=sys.stderr)
+        return 2
     if args.batch_size < 1:
         print(f"resunet-eval: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
