@@ -491,6 +491,32 @@ def test_bench_bad_arguments_exit_2(argv, capsys):
     assert "resunet-bench: error" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("name", "file", "backend"),
+    [
+        ("torch", "resunet_default.pt", "torch"),
+        ("onnx", "resunet_default.onnx", "onnxruntime"),
+        ("fp16", "resunet_default.fp16.onnx", "onnxruntime"),
+        ("int8", "resunet_default.int8.onnx", "onnxruntime"),
+    ],
+)
+def test_bench_compare_names_the_bundled_variants(monkeypatch, tmp_path, name, file, backend):
+    monkeypatch.setattr("resunet_trt.backends.DEFAULT_MODEL_DIR", tmp_path)
+    with pytest.raises(bench.UsageError, match="missing"):
+        bench.parse_variant(name)
+    _touch(tmp_path / file)
+    variant = bench.parse_variant(name)
+    assert (variant.model, variant.backend) == (tmp_path / file, backend)
+
+
+@pytest.mark.parametrize(
+    ("item", "backend"),
+    [("m.plan", "tensorrt"), ("m.engine", "tensorrt"), ("m.onnx", "onnxruntime"), ("m.pt", "torch")],
+)
+def test_bench_compare_backend_follows_the_suffix(item, backend):
+    assert bench.parse_variant(item).backend == backend
+
+
 @pytest.mark.parametrize("text", ["4,4", "0,4,4", "a,b,c", "4,4,4,4"])
 def test_bench_rejects_bad_shapes(text):
     with pytest.raises(SystemExit):

@@ -23,7 +23,7 @@ every model on the same inputs in one process and prints each one's speed and Di
 Models: ``--engine`` (TensorRT .plan), ``--onnx`` (ONNX Runtime), ``--checkpoint`` (PyTorch .pt), nothing (the
 bundled default), or ``--compare`` with a comma-separated list whose items are files (the backend follows the
 suffix: .plan/.engine TensorRT, .onnx ONNX Runtime, .pt/.pth PyTorch) or names of the bundled variants:
-``torch`` (.pt), ``onnx`` (fp32 ONNX), ``int8`` (INT8 ONNX).
+``torch`` (.pt), ``onnx`` (fp32 ONNX), ``fp16`` (FP16 ONNX), ``int8`` (INT8 ONNX).
 
 Exit code: 0 when every model ran, 1 when one failed (the others are still measured), 2 for bad arguments,
 missing inputs, or TensorRT asked for where it is not installed.
@@ -53,6 +53,7 @@ BUNDLED = {
     "torch": ("pt", "torch"),
     "pt": ("pt", "torch"),
     "onnx": ("onnx", "onnxruntime"),
+    "fp16": ("fp16", "onnxruntime"),
     "int8": ("int8", "onnxruntime"),
 }
 SUFFIX_BACKEND = {
