@@ -56,6 +56,14 @@ def ct_file(tmp_path_factory) -> Path:
     return write_liver_crop(tmp_path_factory.mktemp("ct") / "ct.nii.gz")
 
 
+@pytest.fixture()
+def stub_segmenter(monkeypatch):
+    """A Segmenter on the exact stand-in network: input checks need no trained model."""
+    _use_exact_backend(monkeypatch)
+    with Segmenter(device="cpu") as seg:
+        yield seg
+
+
 @pytest.fixture(scope="module")
 def small_result(segmenter, ct_file):
     result = segmenter.segment(ct_file)
@@ -136,34 +144,34 @@ def test_constructor_rejects_bad_arguments(kwargs, match):
 # ------------------------------------------------------------------------------------------------
 # Inputs
 # ------------------------------------------------------------------------------------------------
-def test_bare_array_without_spacing_is_an_error(segmenter, lits_small):
+def test_bare_array_without_spacing_is_an_error(stub_segmenter, lits_small):
     with pytest.raises(ValueError, match="spacing"):
-        segmenter.segment(lits_small[0])
+        stub_segmenter.segment(lits_small[0])
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (2, 3, 16, 16)])
-def test_array_of_wrong_dimension_is_an_error(segmenter, shape):
+def test_array_of_wrong_dimension_is_an_error(stub_segmenter, shape):
     with pytest.raises(ValueError, match="3D"):
-        segmenter.segment(np.zeros(shape, np.int16), spacing=(1, 1, 1))
+        stub_segmenter.segment(np.zeros(shape, np.int16), spacing=(1, 1, 1))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_array_with_nan_or_inf_is_an_error(segmenter, bad):
+def test_array_with_nan_or_inf_is_an_error(stub_segmenter, bad):
     arr = np.zeros((4, 16, 16), np.float32)
     arr[1, 2, 3] = bad
     with pytest.raises(ValueError, match="NaN or Inf"):
-        segmenter.segment(arr, spacing=(1, 1, 1))
+        stub_segmenter.segment(arr, spacing=(1, 1, 1))
 
 
 @pytest.mark.parametrize("spacing", [(1, 1), (1, 0, 1), (1, -2, 1), (1, float("nan"), 1)])
-def test_bad_spacing_is_an_error(segmenter, spacing):
+def test_bad_spacing_is_an_error(stub_segmenter, spacing):
     with pytest.raises(ValueError, match="spacing"):
-        segmenter.segment(np.zeros((4, 16, 16), np.int16), spacing=spacing)
+        stub_segmenter.segment(np.zeros((4, 16, 16), np.int16), spacing=spacing)
 
 
-def test_unsupported_item_type_is_an_error(segmenter):
+def test_unsupported_item_type_is_an_error(stub_segmenter):
     with pytest.raises(TypeError, match="item"):
-        segmenter.segment(42)
+        stub_segmenter.segment(42)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -422,10 +430,10 @@ BAD_KINDS = ["not_a_ct", "image_2d", "image_4d", "nan", "inf", "empty_file", "fo
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_input_fails_naming_the_file(segmenter, tmp_path, kind):
+def test_bad_input_fails_naming_the_file(stub_segmenter, tmp_path, kind):
     path = _bad_input(kind, tmp_path)
     with pytest.raises((ValueError, TypeError, OSError)) as info:
-        segmenter.segment(path)
+        stub_segmenter.segment(path)
     assert str(path) in str(info.value)
 
 
