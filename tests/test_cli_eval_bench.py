@@ -369,6 +369,13 @@ def test_eval_model_on_data_and_masks_round_trip(trained_checkpoint, data_dir, t
         assert again[key] == row[key], key
 
 
+def test_eval_unreadable_model_exits_2(data_dir, tmp_path, capsys):
+    root = _case_folder(tmp_path, data_dir)
+    bad = _touch(tmp_path / "broken.onnx")
+    assert eval_cli.main(["--data", str(root), "--model", str(bad), "--device", "cpu", "--no-progress"]) == 2
+    assert "cannot open the model" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- resunet-bench
 
 

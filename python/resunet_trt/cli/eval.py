@@ -664,14 +664,18 @@ def _evaluate_model(args: argparse.Namespace, cases: Mapping[str, tuple[Path, Pa
     from resunet_trt import Segmenter
     from resunet_trt.io import load_label, save_mask
 
+    try:
+        segmenter = Segmenter(
+            model=args.model,
+            device=args.device,
+            backend=args.backend,
+            batch_size=args.batch_size,
+            connectivity=args.connectivity,
+        )
+    except (OSError, ValueError, TypeError, RuntimeError, ImportError) as exc:
+        raise ModelError(f"cannot open the model {args.model or '(bundled default)'}: {exc}") from exc
     outcomes = []
-    with Segmenter(
-        model=args.model,
-        device=args.device,
-        backend=args.backend,
-        batch_size=args.batch_size,
-        connectivity=args.connectivity,
-    ) as seg:
+    with segmenter as seg:
         keys = sorted(cases, key=_natural)
         for key in _progress(keys, enabled=not args.no_progress, desc="segment+eval"):
             image, label = cases[key]
@@ -702,6 +706,10 @@ def _evaluate_model(args: argparse.Namespace, cases: Mapping[str, tuple[Path, Pa
             o.seconds = time.perf_counter() - t0
             outcomes.append(o)
     return outcomes
+
+
+class ModelError(Exception):
+    """The model could not be opened: reported with exit code 2."""
 
 
 def _safe_name(key: str) -> str:
@@ -756,7 +764,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     t0 = time.perf_counter()
-    outcomes = _evaluate_folders(args, pairs) if folders else _evaluate_model(args, cases)
+    try:
+        outcomes = _evaluate_folders(args, pairs) if folders else _evaluate_model(args, cases)
+    except ModelError as exc:
+        print(f"resunet-eval: error: {exc}", file=sys.stderr)
+        return 2
     summary = summarise(outcomes)
     if not args.quiet:
         print(render_table(outcomes, summary))
