@@ -28,10 +28,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python"))
+try:  # an installed package (or PYTHONPATH) wins; else run from the source tree
+    import resunet_trt  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(ROOT / "python"))
 
-from resunet_trt import kernels  # noqa: E402
-from resunet_trt.config import build_info, machine_info, versions  # noqa: E402
+from resunet_trt import kernels
+from resunet_trt.config import build_info, machine_info, versions
 
 
 def _load_hu(path: Path) -> np.ndarray:
@@ -50,7 +53,6 @@ def _checkpoint(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
     except FileNotFoundError:
         pass
     import torch
-
     from resunet_trt.metadata import ModelMetadata
     from resunet_trt.model import ResUNet, ResUNetConfig, save_checkpoint
 
@@ -89,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     import torch
-
     from resunet_trt.backends.onnxruntime import OnnxRuntimeBackend, cuda_provider_available
     from resunet_trt.backends.torch import TorchBackend
     from resunet_trt.export import convert_fp16, export_onnx, quantize_int8, read_onnx_metadata
@@ -102,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         fp32 = export_onnx(ckpt, tmp / "m.onnx")
         fp16 = convert_fp16(fp32, tmp / "m.fp16.onnx")
-        calib = [_load_hu(data / "lits_small64" / "ct.nii.gz"), _load_hu(data / "totalseg_abdomen3mm" / "ct.nii.gz")]
+        calib = [
+            _load_hu(data / "lits_small64" / "ct.nii.gz"),
+            _load_hu(data / "totalseg_abdomen3mm" / "ct.nii.gz"),
+        ]
         int8 = quantize_int8(fp32, tmp / "m.int8.onnx", volumes=calib, method="percentile", max_slices=32)
         export_s = time.perf_counter() - t0
         meta = read_onnx_metadata(fp32)
@@ -111,9 +115,20 @@ def main(argv: list[str] | None = None) -> int:
         mid = hu.shape[0] // 2
         start = max(0, mid - args.slices // 2)
         stop = min(hu.shape[0], start + args.slices)
-        x = np.ascontiguousarray(np.asarray(kernels.preprocess(
-            hu, window=meta.window, out_size=meta.plane_size, context=meta.context, dtype="float32",
-            start=start, stop=stop), dtype=np.float32))
+        x = np.ascontiguousarray(
+            np.asarray(
+                kernels.preprocess(
+                    hu,
+                    window=meta.window,
+                    out_size=meta.plane_size,
+                    context=meta.context,
+                    dtype="float32",
+                    start=start,
+                    stop=stop,
+                ),
+                dtype=np.float32,
+            )
+        )
         body = np.ones(x.shape[0:1] + tuple(meta.plane_size), bool)
 
         torch.set_num_threads(args.threads)
@@ -146,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             import cupy as cp
 
             xg = cp.asarray(x)
-            gpu_runs = [("pytorch_fp16_autocast", lambda: TorchBackend(ckpt, device="cuda:0", fp16=True)),
-                        ("pytorch_fp32", lambda: TorchBackend(ckpt, device="cuda:0", fp16=False))]
+            gpu_runs = [
+                ("pytorch_fp16_autocast", lambda: TorchBackend(ckpt, device="cuda:0", fp16=True)),
+                ("pytorch_fp32", lambda: TorchBackend(ckpt, device="cuda:0", fp16=False)),
+            ]
             if cuda_provider_available():
                 gpu_runs.append(("onnxruntime_cuda_fp32", lambda: OnnxRuntimeBackend(fp32, device="cuda:0")))
                 gpu_runs.append(("onnxruntime_cuda_fp16", lambda: OnnxRuntimeBackend(fp16, device="cuda:0")))
@@ -171,12 +188,13 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "benchmark": "bench_backends",
-        "command": "python benchmarks/bench_backends.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/bench_backends.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": model_source,
         "model_config": meta.model_config,
         "plane_size": list(meta.plane_size),
         "context": meta.context,
-        "slices": int(len(x)),
+        "slices": len(x),
         "slice_range": [int(start), int(stop)],
         "case": "tests/data/lits117_roi128",
         "batch": args.batch,
@@ -197,14 +215,20 @@ def main(argv: list[str] | None = None) -> int:
     tmp_out.write_text(json.dumps(report, indent=2) + "\n")
     os.replace(tmp_out, out)
 
-    print(f"{len(x)} slices of {meta.plane_size[0]}x{meta.plane_size[1]}, context {meta.context}, batch {args.batch}, "
-          f"{args.threads} threads, median of {args.repeats} ({model_source})")
+    print(
+        f"{len(x)} slices of {meta.plane_size[0]}x{meta.plane_size[1]}, context {meta.context}, batch {args.batch}, "
+        f"{args.threads} threads, median of {args.repeats} ({model_source})"
+    )
     print(f"{'backend':<22}{'slices/s':>10}{'ratio':>8}{'agree':>9}")
     for name, r in results.items():
-        print(f"{name:<22}{r['slices_per_s']:>10.2f}{r['ratio_vs_pytorch_fp32']:>8.2f}"
-              f"{r['label_agreement_vs_pytorch_fp32']:>9.4f}")
+        print(
+            f"{name:<22}{r['slices_per_s']:>10.2f}{r['ratio_vs_pytorch_fp32']:>8.2f}"
+            f"{r['label_agreement_vs_pytorch_fp32']:>9.4f}"
+        )
     for name, r in gpu.items():
-        print(f"{'gpu ' + name:<30}{r['slices_per_s']:>10.1f}{r['ratio_vs_pytorch_fp32_gpu']:>8.2f}  ({gpu_name})")
+        print(
+            f"{'gpu ' + name:<30}{r['slices_per_s']:>10.1f}{r['ratio_vs_pytorch_fp32_gpu']:>8.2f}  ({gpu_name})"
+        )
     print(f"load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f}; wrote {out}")
     return 0
 

@@ -28,7 +28,6 @@ def _train_tiny_model(hu: np.ndarray, labels: np.ndarray):
     """Fit a tiny ResUNet to one CT volume; returns (model in eval mode, ModelMetadata)."""
     import torch
     import torch.nn.functional as F
-
     from resunet_trt import kernels
     from resunet_trt.metadata import ModelMetadata, current_versions
     from resunet_trt.model import ResUNet, ResUNetConfig
@@ -97,9 +96,8 @@ def model_dir(tmp_path_factory) -> Path:
 
 def _cache_key() -> str:
     """Changes whenever the network code, this recipe or torch changes, so a cached model is never stale."""
-    import torch
-
     import resunet_trt.model
+    import torch
 
     h = hashlib.sha256()
     h.update(Path(resunet_trt.model.__file__).read_bytes())
@@ -154,7 +152,10 @@ def onnx_int8(model_dir, onnx_fp32, lits_small, totalseg) -> Path:
     from resunet_trt.export import quantize_int8
 
     return quantize_int8(
-        onnx_fp32, model_dir / "tiny.int8.onnx", volumes=[lits_small[0], totalseg[0]], method="percentile",
+        onnx_fp32,
+        model_dir / "tiny.int8.onnx",
+        volumes=[lits_small[0], totalseg[0]],
+        method="percentile",
         max_slices=64,
     )
 
@@ -165,6 +166,7 @@ def eval_inputs(lits117) -> np.ndarray:
     from resunet_trt import kernels
 
     hu, _ = lits117
-    x = kernels.preprocess(hu, window=FIXTURE_WINDOW, out_size=FIXTURE_PLANE, context=FIXTURE_CONTEXT,
-                           dtype="float32")
+    x = kernels.preprocess(
+        hu, window=FIXTURE_WINDOW, out_size=FIXTURE_PLANE, context=FIXTURE_CONTEXT, dtype="float32"
+    )
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32))

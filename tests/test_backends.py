@@ -7,14 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
-
 from resunet_trt import backends as B
 from resunet_trt.backends.base import parse_device
 
 
 def _torch_reference(checkpoint, x):
     import torch
-
     from resunet_trt.model import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint)
@@ -32,8 +30,14 @@ def slices(eval_inputs):
 
 @pytest.mark.parametrize(
     "name, backend",
-    [("m.plan", "tensorrt"), ("m.engine", "tensorrt"), ("m.onnx", "onnxruntime"), ("m.int8.onnx", "onnxruntime"),
-     ("m.pt", "torch"), ("M.PTH", "torch")],
+    [
+        ("m.plan", "tensorrt"),
+        ("m.engine", "tensorrt"),
+        ("m.onnx", "onnxruntime"),
+        ("m.int8.onnx", "onnxruntime"),
+        ("m.pt", "torch"),
+        ("M.PTH", "torch"),
+    ],
 )
 def test_backend_for_path(name, backend):
     assert B.backend_for_path(name) == backend
@@ -121,7 +125,6 @@ def test_onnxruntime_cuda_without_provider(onnx_fp32):
 
 def test_onnx_without_metadata_is_refused(tmp_path, onnx_fp32):
     import onnx
-
     from resunet_trt.metadata import ONNX_METADATA_KEY
 
     model = onnx.load(str(onnx_fp32))
@@ -149,14 +152,17 @@ def test_default_model_path_missing(tmp_path, monkeypatch):
         B.default_model_path("int8")
 
 
-def test_open_default_on_cpu_prefers_int8_onnx(tmp_path, monkeypatch, caplog, onnx_fp32, onnx_int8,
-                                               trained_checkpoint):
+def test_open_default_on_cpu_prefers_int8_onnx(
+    tmp_path, monkeypatch, caplog, onnx_fp32, onnx_int8, trained_checkpoint
+):
     for src, kind in ((onnx_fp32, "onnx"), (onnx_int8, "int8"), (trained_checkpoint, "pt")):
         shutil.copy(src, tmp_path / B.DEFAULT_MODEL_FILES[kind])
     monkeypatch.setattr(B, "DEFAULT_MODEL_DIR", tmp_path)
-    with caplog.at_level(logging.INFO, logger="resunet_trt.backends"):
-        with B.open_backend(None, device="cpu") as b:
-            assert (b.name, b.metadata.precision) == ("onnxruntime", "int8")
+    with (
+        caplog.at_level(logging.INFO, logger="resunet_trt.backends"),
+        B.open_backend(None, device="cpu") as b,
+    ):
+        assert (b.name, b.metadata.precision) == ("onnxruntime", "int8")
     assert "resunet_default.int8.onnx on backend onnxruntime" in caplog.text
     with B.open_backend(None, backend="torch", device="cpu") as b:
         assert b.name == "torch"
@@ -205,15 +211,18 @@ def test_float16_input_is_accepted(kind, onnx_fp32, trained_checkpoint, slices):
 
 @pytest.mark.parametrize(
     "shape, message",
-    [((8, 5, 128, 128), r"\(N, 3, 128, 128\)"), ((3, 128, 128), r"\(N, 3, 128, 128\)"),
-     ((2, 3, 64, 64), r"\(N, 3, 128, 128\)"), ((0, 3, 128, 128), "N >= 1")],
+    [
+        ((8, 5, 128, 128), r"\(N, 3, 128, 128\)"),
+        ((3, 128, 128), r"\(N, 3, 128, 128\)"),
+        ((2, 3, 64, 64), r"\(N, 3, 128, 128\)"),
+        ((0, 3, 128, 128), "N >= 1"),
+    ],
 )
 @pytest.mark.parametrize("kind", ["onnx", "pt"])
 def test_infer_rejects_bad_shape(kind, onnx_fp32, trained_checkpoint, shape, message):
     path = onnx_fp32 if kind == "onnx" else trained_checkpoint
-    with B.open_backend(path, device="cpu") as b:
-        with pytest.raises(ValueError, match=message):
-            b.infer(np.zeros(shape, np.float32))
+    with B.open_backend(path, device="cpu") as b, pytest.raises(ValueError, match=message):
+        b.infer(np.zeros(shape, np.float32))
 
 
 @pytest.mark.parametrize("kind", ["onnx", "pt"])

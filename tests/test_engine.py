@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from resunet_trt import engine as E
 from resunet_trt.metadata import ModelMetadata
 
@@ -29,7 +28,9 @@ def _real_tensorrt() -> bool:
     return hasattr(tensorrt, "Builder")  # the stub package imports as an empty namespace
 
 
-needs_tensorrt = pytest.mark.skipif(not _real_tensorrt(), reason="TensorRT is not installed (only its type stubs)")
+needs_tensorrt = pytest.mark.skipif(
+    not _real_tensorrt(), reason="TensorRT is not installed (only its type stubs)"
+)
 
 META = ModelMetadata(plane_size=(128, 128), context=3, model_config={"base_width": 8})
 GPU = E.GpuInfo(name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
@@ -40,8 +41,13 @@ GPU = E.GpuInfo(name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("10.13.0.35", (10, 13, 0, 35)), ("11.0.0", (11, 0, 0)), ("10.8", (10, 8)), ("11.1.0rc2", (11, 1, 0)),
-     (" 10.3.0.26 ", (10, 3, 0, 26))],
+    [
+        ("10.13.0.35", (10, 13, 0, 35)),
+        ("11.0.0", (11, 0, 0)),
+        ("10.8", (10, 8)),
+        ("11.1.0rc2", (11, 1, 0)),
+        (" 10.3.0.26 ", (10, 3, 0, 26)),
+    ],
 )
 def test_parse_version(text, expected):
     assert E.parse_version(text) == expected
@@ -55,8 +61,12 @@ def test_parse_version_rejects(text):
 
 @pytest.mark.parametrize(
     "a, b, same",
-    [("10.13.0.35", "10.13.0.36", True), ("10.13.0.35", "10.13.1.1", False), ("10.13", "10.13.0.1", True),
-     ("11.0.0.1", "10.13.0.35", False)],
+    [
+        ("10.13.0.35", "10.13.0.36", True),
+        ("10.13.0.35", "10.13.1.1", False),
+        ("10.13", "10.13.0.1", True),
+        ("11.0.0.1", "10.13.0.35", False),
+    ],
 )
 def test_same_tensorrt_release(a, b, same):
     assert E.same_tensorrt_release(a, b) is same
@@ -128,8 +138,9 @@ def test_parse_device_index_rejects(device):
 def _plan(tmp_path: Path, data: bytes = b"serialized engine bytes") -> tuple[Path, E.EngineSidecar]:
     plan = tmp_path / "model.plan"
     plan.write_bytes(data)
-    sidecar = E.make_sidecar(metadata=META, plan=data, tensorrt_version="10.13.0.35", gpu=GPU,
-                             profile=E.BatchProfile(1, 8, 32))
+    sidecar = E.make_sidecar(
+        metadata=META, plan=data, tensorrt_version="10.13.0.35", gpu=GPU, profile=E.BatchProfile(1, 8, 32)
+    )
     E.write_sidecar(plan, sidecar)
     return plan, sidecar
 
@@ -159,8 +170,12 @@ def test_sidecar_metadata_round_trip_from_checkpoint(tmp_path, trained_checkpoin
     meta_onnx = read_onnx_metadata(onnx_fp32)
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"x")
-    E.write_sidecar(plan, E.make_sidecar(metadata=meta_onnx, plan=b"x", tensorrt_version="10.13.0.35", gpu=GPU,
-                                         profile=E.BatchProfile()))
+    E.write_sidecar(
+        plan,
+        E.make_sidecar(
+            metadata=meta_onnx, plan=b"x", tensorrt_version="10.13.0.35", gpu=GPU, profile=E.BatchProfile()
+        ),
+    )
     meta_plan = E.read_sidecar(plan).metadata
     assert meta_plan == meta_onnx
     meta_pt.check_compatible(meta_plan)
@@ -171,8 +186,13 @@ def test_sidecar_metadata_round_trip_from_checkpoint(tmp_path, trained_checkpoin
 def test_verify_sidecar_accepts_matching(tmp_path, caplog):
     plan, sidecar = _plan(tmp_path)
     with caplog.at_level(logging.WARNING):
-        E.verify_sidecar(sidecar, plan_sha256=E.sha256_file(plan), tensorrt_version="10.13.0.35", gpu=GPU,
-                         expected_metadata=META)
+        E.verify_sidecar(
+            sidecar,
+            plan_sha256=E.sha256_file(plan),
+            tensorrt_version="10.13.0.35",
+            gpu=GPU,
+            expected_metadata=META,
+        )
     assert not caplog.records
 
 
@@ -185,40 +205,54 @@ def test_verify_sidecar_wrong_sha(tmp_path):
 
 @pytest.mark.parametrize("cc", [(8, 0), (8, 9), (9, 1), (10, 0)])
 def test_verify_sidecar_wrong_compute_capability(tmp_path, cc):
-    plan, sidecar = _plan(tmp_path)
+    _, sidecar = _plan(tmp_path)
     other = E.GpuInfo(name="Some GPU", compute_capability=cc)
-    with pytest.raises(E.EngineMismatchError, match=r"built for compute capability 9\.0 .*Some GPU.*"
-                       + rf"{cc[0]}\.{cc[1]}"):
+    with pytest.raises(
+        E.EngineMismatchError, match=r"built for compute capability 9\.0 .*Some GPU.*" + rf"{cc[0]}\.{cc[1]}"
+    ):
         E.verify_sidecar(sidecar, plan_sha256=sidecar.plan_sha256, tensorrt_version="10.13.0.35", gpu=other)
 
 
 @pytest.mark.parametrize("version", ["10.12.0.36", "11.0.0.1", "10.13.1.0"])
 def test_verify_sidecar_wrong_tensorrt_version(tmp_path, version):
-    plan, sidecar = _plan(tmp_path)
-    with pytest.raises(E.EngineMismatchError, match=rf"built with TensorRT 10\.13\.0\.35, this is TensorRT {version}"):
+    _, sidecar = _plan(tmp_path)
+    with pytest.raises(
+        E.EngineMismatchError, match=rf"built with TensorRT 10\.13\.0\.35, this is TensorRT {version}"
+    ):
         E.verify_sidecar(sidecar, plan_sha256=sidecar.plan_sha256, tensorrt_version=version, gpu=GPU)
 
 
 def test_verify_sidecar_build_number_only_differs(tmp_path):
-    plan, sidecar = _plan(tmp_path)
+    _, sidecar = _plan(tmp_path)
     E.verify_sidecar(sidecar, plan_sha256=sidecar.plan_sha256, tensorrt_version="10.13.0.99", gpu=GPU)
 
 
 def test_verify_sidecar_other_device_name_warns(tmp_path, caplog):
-    plan, sidecar = _plan(tmp_path)
+    _, sidecar = _plan(tmp_path)
     with caplog.at_level(logging.WARNING, logger="resunet_trt.engine"):
-        E.verify_sidecar(sidecar, plan_sha256=sidecar.plan_sha256, tensorrt_version="10.13.0.35",
-                         gpu=E.GpuInfo("NVIDIA H800", (9, 0)))
+        E.verify_sidecar(
+            sidecar,
+            plan_sha256=sidecar.plan_sha256,
+            tensorrt_version="10.13.0.35",
+            gpu=E.GpuInfo("NVIDIA H800", (9, 0)),
+        )
     assert "NVIDIA H800" in caplog.text
 
 
-@pytest.mark.parametrize("field, value", [("plane_size", (256, 256)), ("context", 5), ("window", (-100.0, 200.0))])
+@pytest.mark.parametrize(
+    "field, value", [("plane_size", (256, 256)), ("context", 5), ("window", (-100.0, 200.0))]
+)
 def test_verify_sidecar_metadata_mismatch(tmp_path, field, value):
-    plan, sidecar = _plan(tmp_path)
+    _, sidecar = _plan(tmp_path)
     expected = ModelMetadata.from_dict({**META.to_dict(), field: value})
     with pytest.raises(E.EngineMismatchError, match=field):
-        E.verify_sidecar(sidecar, plan_sha256=sidecar.plan_sha256, tensorrt_version="10.13.0.35", gpu=GPU,
-                         expected_metadata=expected)
+        E.verify_sidecar(
+            sidecar,
+            plan_sha256=sidecar.plan_sha256,
+            tensorrt_version="10.13.0.35",
+            gpu=GPU,
+            expected_metadata=expected,
+        )
 
 
 def test_read_sidecar_missing(tmp_path):
@@ -245,8 +279,9 @@ def test_read_sidecar_missing_field(tmp_path, field):
         E.read_sidecar(plan)
 
 
-@pytest.mark.parametrize("field, value", [("plan_sha256", "abc"), ("compute_capability", [9]),
-                                          ("tensorrt_version", "latest")])
+@pytest.mark.parametrize(
+    "field, value", [("plan_sha256", "abc"), ("compute_capability", [9]), ("tensorrt_version", "latest")]
+)
 def test_read_sidecar_malformed_field(tmp_path, field, value):
     plan, sidecar = _plan(tmp_path)
     d = sidecar.to_dict()
@@ -281,7 +316,9 @@ def test_build_engine_without_tensorrt_says_how_to_install(tmp_path, onnx_fp32):
         E.build_engine(onnx_fp32, tmp_path / "m.plan")
 
 
-@pytest.mark.parametrize("kwargs", [{"workspace_gb": 0}, {"workspace_gb": -1.0}, {"min_batch": 4, "opt_batch": 2}])
+@pytest.mark.parametrize(
+    "kwargs", [{"workspace_gb": 0}, {"workspace_gb": -1.0}, {"min_batch": 4, "opt_batch": 2}]
+)
 def test_build_engine_rejects_bad_arguments(tmp_path, onnx_fp32, kwargs):
     with pytest.raises(ValueError):
         E.build_engine(onnx_fp32, tmp_path / "m.plan", **kwargs)
@@ -412,8 +449,15 @@ def test_build_engine_with_fake_tensorrt(tmp_path, monkeypatch, fake_gpu, onnx_f
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"old")
-    plan = E.build_engine(onnx_fp32, tmp_path / "out" / "m.plan", min_batch=2, opt_batch=4, max_batch=16,
-                          workspace_gb=0.5, timing_cache=cache)
+    plan = E.build_engine(
+        onnx_fp32,
+        tmp_path / "out" / "m.plan",
+        min_batch=2,
+        opt_batch=4,
+        max_batch=16,
+        workspace_gb=0.5,
+        timing_cache=cache,
+    )
     assert calls["flags"] == flags
     assert calls["set_shape"] == [("input", [2, 3, 128, 128], [4, 3, 128, 128], [16, 3, 128, 128])]
     assert calls["pool"] == [("WORKSPACE", 1 << 29)]
@@ -477,8 +521,15 @@ def test_build_and_run_engine(tmp_path, request, variant, eval_inputs):
     from resunet_trt.backends import open_backend
 
     onnx_path = request.getfixturevalue(variant)
-    plan = E.build_engine(onnx_path, tmp_path / "m.plan", min_batch=1, opt_batch=8, max_batch=16,
-                          workspace_gb=2, timing_cache=tmp_path / "cache")
+    plan = E.build_engine(
+        onnx_path,
+        tmp_path / "m.plan",
+        min_batch=1,
+        opt_batch=8,
+        max_batch=16,
+        workspace_gb=2,
+        timing_cache=tmp_path / "cache",
+    )
     with open_backend(onnx_path, device="cpu") as ort_backend:
         ref = ort_backend.infer(eval_inputs[:40])
     with open_backend(plan, device="cuda:0") as trt_backend:

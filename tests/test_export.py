@@ -12,20 +12,21 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from resunet_trt import export as X  # noqa: E402
-from resunet_trt.metadata import ONNX_METADATA_KEY, ModelMetadata  # noqa: E402
+from resunet_trt import export as X
+from resunet_trt.metadata import ONNX_METADATA_KEY, ModelMetadata
 
 
 def _run(path, x, batch=32):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(["logits"], {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+    return np.concatenate(
+        [sess.run(["logits"], {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+    )
 
 
 def _torch_logits(checkpoint, x):
     import torch
-
     from resunet_trt.model import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint)
@@ -109,7 +110,9 @@ def test_read_metadata_missing_file(tmp_path):
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_read_metadata_corrupt_onnx(tmp_path, onnx_fp32, damage):
     data = onnx_fp32.read_bytes()
-    bad = {"garbage": b"\x00\xffnot an onnx file" * 50, "truncated": data[: len(data) // 3], "empty": b""}[damage]
+    bad = {"garbage": b"\x00\xffnot an onnx file" * 50, "truncated": data[: len(data) // 3], "empty": b""}[
+        damage
+    ]
     path = tmp_path / "bad.onnx"
     path.write_bytes(bad)
     with pytest.raises(ValueError, match="not a readable ONNX model"):
@@ -151,8 +154,10 @@ def test_reduced_precision_agrees_with_fp32(request, variant, fp32_logits, eval_
     agreement = float((pred == ref)[body].mean())
     d_liver = abs(_dice(pred >= 1, labels >= 1) - _dice(ref >= 1, labels >= 1))
     d_tumor = abs(_dice(pred == 2, labels == 2) - _dice(ref == 2, labels == 2))
-    report = (f"{variant}: agreement {agreement:.5f} inside body, |dDice| liver {d_liver:.5f}, tumor {d_tumor:.5f} "
-              f"(fp32 Dice liver {_dice(ref >= 1, labels >= 1):.4f}, tumor {_dice(ref == 2, labels == 2):.4f})")
+    report = (
+        f"{variant}: agreement {agreement:.5f} inside body, |dDice| liver {d_liver:.5f}, tumor {d_tumor:.5f} "
+        f"(fp32 Dice liver {_dice(ref >= 1, labels >= 1):.4f}, tumor {_dice(ref == 2, labels == 2):.4f})"
+    )
     request.node.user_properties.append(("measured", report))
     print(report)
     # The trained model must be meaningful, or agreement would be trivial.
@@ -189,7 +194,9 @@ def test_int8_qdq_layout_fits_tensorrt(onnx_int8):
         dtype = inits[src].dtype if src in inits else np.int8
         assert dtype == np.int8, f"{n.name} dequantizes {dtype}"
     convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
-    quantized = [c for c in convs if c.input[1] in producers and producers[c.input[1]].op_type == "DequantizeLinear"]
+    quantized = [
+        c for c in convs if c.input[1] in producers and producers[c.input[1]].op_type == "DequantizeLinear"
+    ]
     assert len(quantized) == len(convs) - 1, "every conv but the logits conv has int8 weights"
     for c in quantized:
         dq = producers[c.input[1]]
@@ -199,7 +206,9 @@ def test_int8_qdq_layout_fits_tensorrt(onnx_int8):
         assert scale.shape == (w.shape[axis],), f"{c.name}: weights must be per output channel"
         assert producers[c.input[0]].op_type == "DequantizeLinear", f"{c.name}: input must come through Q/DQ"
         if len(c.input) > 2:
-            assert c.input[2] in inits and inits[c.input[2]].dtype == np.float32, f"{c.name}: bias stays float"
+            assert c.input[2] in inits and inits[c.input[2]].dtype == np.float32, (
+                f"{c.name}: bias stays float"
+            )
     last = producers[model.graph.output[0].name]
     assert last.op_type == "Conv" and last.input[1] in inits, "the logits conv keeps float weights"
 
@@ -214,8 +223,11 @@ def test_fp16_rejects_non_fp32_source(tmp_path, onnx_int8):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"method": "minmax"}, "method must be one of"), ({"percentile": 50.0}, "percentile must be in"),
-     ({"volumes": None}, "exactly one of volumes= or data_dir=")],
+    [
+        ({"method": "minmax"}, "method must be one of"),
+        ({"percentile": 50.0}, "percentile must be in"),
+        ({"volumes": None}, "exactly one of volumes= or data_dir="),
+    ],
 )
 def test_quantize_rejects_bad_arguments(tmp_path, onnx_fp32, lits_small, kwargs, message):
     args = {"volumes": [lits_small[0]], **kwargs}
@@ -232,7 +244,9 @@ def test_calibration_batches_are_preprocessed_body_slices(lits_small):
     batches = X.calibration_batches([hu], meta, batch_size=4, max_slices=10)
     x = np.concatenate(batches)
     assert all(len(b) <= 4 for b in batches) and x.shape == (10, 3, 128, 128) and x.dtype == np.float32
-    full = np.asarray(kernels.preprocess(hu, window=meta.window, out_size=(128, 128), context=3, dtype="float32"))
+    full = np.asarray(
+        kernels.preprocess(hu, window=meta.window, out_size=(128, 128), context=3, dtype="float32")
+    )
     matches = [int(np.flatnonzero([np.array_equal(s, f) for f in full])[0]) for s in x]
     assert min(matches) >= 3, "air slices must not be used"
     assert matches == sorted(matches) and len(set(matches)) == 10

@@ -222,8 +222,17 @@ class EngineSidecar:
     def from_dict(cls, d: Any, *, source: str = "sidecar") -> EngineSidecar:
         """Parse a sidecar dict; ValueError naming ``source`` and the field when it is malformed."""
         if not isinstance(d, dict):
-            raise ValueError(f"{source}: engine sidecar must be a JSON object, got {type(d).__name__}")
-        required = ("metadata", "plan_sha256", "tensorrt_version", "compute_capability", "device_name", "profile")
+            raise ValueError(  # noqa: TRY004 - a malformed file is a value problem for the caller
+                f"{source}: engine sidecar must be a JSON object, got {type(d).__name__}"
+            )
+        required = (
+            "metadata",
+            "plan_sha256",
+            "tensorrt_version",
+            "compute_capability",
+            "device_name",
+            "profile",
+        )
         missing = [k for k in required if k not in d]
         if missing:
             raise ValueError(f"{source}: engine sidecar lacks {', '.join(missing)}")
@@ -346,7 +355,9 @@ def verify_sidecar(
     if gpu.name != sidecar.device_name:
         logger.warning(
             "%s: built on %s, running on %s (same compute capability, so it loads; timings may differ)",
-            plan_name, sidecar.device_name, gpu.name,
+            plan_name,
+            sidecar.device_name,
+            gpu.name,
         )
     if expected_metadata is not None:
         try:
@@ -394,7 +405,9 @@ def parse_device_index(device: str | int) -> int:
     elif isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
         index = int(device[5:])
     else:
-        raise ValueError(f"device must be 'cuda', 'cuda:N' or an int (TensorRT needs a CUDA GPU), got {device!r}")
+        raise ValueError(
+            f"device must be 'cuda', 'cuda:N' or an int (TensorRT needs a CUDA GPU), got {device!r}"
+        )
     if index < 0:
         raise ValueError(f"device index must be >= 0, got {index}")
     return index
@@ -576,7 +589,13 @@ def build_engine(
 
     logger.info(
         "building %s engine from %s on %s (batch %d/%d/%d, workspace %.1f GiB)",
-        metadata.precision, onnx_path, gpu.name, profile.min, profile.opt, profile.max, workspace_gb,
+        metadata.precision,
+        onnx_path,
+        gpu.name,
+        profile.min,
+        profile.opt,
+        profile.max,
+        workspace_gb,
     )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -590,8 +609,13 @@ def build_engine(
         logger.info("saved timing cache %s", cache_path)
     atomic_write_bytes(plan_path, plan)
     sidecar = make_sidecar(
-        metadata=metadata, plan=plan, tensorrt_version=str(trt.__version__), gpu=gpu, profile=profile,
-        onnx_sha256=sha256_file(onnx_path), extra={"workspace_gb": workspace_gb, "onnx": onnx_path.name},
+        metadata=metadata,
+        plan=plan,
+        tensorrt_version=str(trt.__version__),
+        gpu=gpu,
+        profile=profile,
+        onnx_sha256=sha256_file(onnx_path),
+        extra={"workspace_gb": workspace_gb, "onnx": onnx_path.name},
     )
     write_sidecar(plan_path, sidecar)
     logger.info("wrote %s (%d bytes) and %s", plan_path, len(plan), sidecar_path(plan_path))
@@ -667,15 +691,24 @@ def load_engine(
     plan = plan_path.read_bytes()
     plan_sha = sha256_bytes(plan)
     if plan_sha != sidecar.plan_sha256:  # checked before anything needs TensorRT or a GPU
-        verify_sidecar(sidecar, plan_sha256=plan_sha, tensorrt_version=sidecar.tensorrt_version,
-                       gpu=GpuInfo(sidecar.device_name, sidecar.compute_capability), plan_name=str(plan_path))
+        verify_sidecar(
+            sidecar,
+            plan_sha256=plan_sha,
+            tensorrt_version=sidecar.tensorrt_version,
+            gpu=GpuInfo(sidecar.device_name, sidecar.compute_capability),
+            plan_name=str(plan_path),
+        )
     import_tensorrt()
     import tensorrt as trt
 
     gpu = current_gpu(index)
     verify_sidecar(
-        sidecar, plan_sha256=plan_sha, tensorrt_version=str(trt.__version__), gpu=gpu,
-        expected_metadata=expected_metadata, plan_name=str(plan_path),
+        sidecar,
+        plan_sha256=plan_sha,
+        tensorrt_version=str(trt.__version__),
+        gpu=gpu,
+        expected_metadata=expected_metadata,
+        plan_name=str(plan_path),
     )
     _set_cuda_device(index)
     runtime = trt.Runtime(_make_logger(trt, False))

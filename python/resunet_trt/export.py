@@ -139,7 +139,9 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
     return metadata_from_onnx_model(load_onnx(path), source=str(path))
 
 
-def _with_precision_and_versions(metadata: ModelMetadata, precision: str, **export_info: Any) -> ModelMetadata:
+def _with_precision_and_versions(
+    metadata: ModelMetadata, precision: str, **export_info: Any
+) -> ModelMetadata:
     """A copy of ``metadata`` for a new artifact: its precision, today's versions, the export settings."""
     d = metadata.to_dict()
     d["precision"] = precision
@@ -245,7 +247,10 @@ def export_model(
     set_onnx_metadata(
         proto,
         _with_precision_and_versions(
-            metadata, "fp32", opset=opset, exporter=f"torch.onnx dynamo (torch {torch.__version__})",
+            metadata,
+            "fp32",
+            opset=opset,
+            exporter=f"torch.onnx dynamo (torch {torch.__version__})",
             onnx=onnx.__version__,
         ),
     )
@@ -292,7 +297,9 @@ def export_onnx(
 def _require_fp32_source(model: onnx.ModelProto, source: str, target: str) -> ModelMetadata:
     metadata = metadata_from_onnx_model(model, source=source)
     if metadata.precision != "fp32":
-        raise ValueError(f"{target} conversion needs the fp32 ONNX as input, {source} is {metadata.precision}")
+        raise ValueError(
+            f"{target} conversion needs the fp32 ONNX as input, {source} is {metadata.precision}"
+        )
     return metadata
 
 
@@ -379,11 +386,17 @@ def calibration_batches(
         candidates = np.flatnonzero(body)
         if candidates.size == 0:
             continue
-        take = candidates[np.unique(np.linspace(0, candidates.size - 1, min(per_volume, candidates.size)).round())
-                          .astype(np.int64)]
+        take = candidates[
+            np.unique(np.linspace(0, candidates.size - 1, min(per_volume, candidates.size)).round()).astype(
+                np.int64
+            )
+        ]
         net = kernels.preprocess(
-            np.ascontiguousarray(v), window=metadata.window, out_size=metadata.plane_size,
-            context=metadata.context, dtype="float32",
+            np.ascontiguousarray(v),
+            window=metadata.window,
+            out_size=metadata.plane_size,
+            context=metadata.context,
+            dtype="float32",
         )
         slices.extend(np.asarray(net[i], dtype=np.float32) for i in take)
     if not slices:
@@ -402,8 +415,14 @@ def find_ct_volumes(data_dir: str | os.PathLike[str]) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"calibration data folder not found: {root}")
     found: set[Path] = set()
-    for pattern in ("**/ct.nii", "**/ct.nii.gz", "**/volume-*.nii", "**/volume-*.nii.gz",
-                    "**/imagesTr/*.nii", "**/imagesTr/*.nii.gz"):
+    for pattern in (
+        "**/ct.nii",
+        "**/ct.nii.gz",
+        "**/volume-*.nii",
+        "**/volume-*.nii.gz",
+        "**/imagesTr/*.nii",
+        "**/imagesTr/*.nii.gz",
+    ):
         found.update(p for p in root.glob(pattern) if p.is_file() and not p.name.startswith("._"))
     if not found:
         raise FileNotFoundError(
@@ -558,7 +577,9 @@ def quantize_int8(
     set_onnx_metadata(
         quantized,
         _with_precision_and_versions(
-            metadata, "int8", quantizer="onnxruntime.quantization.quantize_static QDQ",
+            metadata,
+            "int8",
+            quantizer="onnxruntime.quantization.quantize_static QDQ",
             calibration={
                 "method": method,
                 **({"percentile": percentile} if method == "percentile" else {}),
@@ -571,8 +592,9 @@ def quantize_int8(
         ),
     )
     out = _save_onnx(quantized, output)
-    logger.info("wrote int8 Q/DQ ONNX to %s (%s calibration on %d slices)", out, method,
-                sum(len(b) for b in batches))
+    logger.info(
+        "wrote int8 Q/DQ ONNX to %s (%s calibration on %d slices)", out, method, sum(len(b) for b in batches)
+    )
     return out
 
 
@@ -611,7 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="the .pt checkpoint")
     parser.add_argument("-o", "--out-dir", required=True, help="folder for the .onnx files")
     parser.add_argument("--stem", default="model", help="file name stem (default: model)")
-    parser.add_argument("--calib-data", help="folder of CT volumes for INT8 calibration (needed unless --no-int8)")
+    parser.add_argument(
+        "--calib-data", help="folder of CT volumes for INT8 calibration (needed unless --no-int8)"
+    )
     parser.add_argument("--method", choices=CALIBRATION_METHODS, default="percentile")
     parser.add_argument("--no-fp16", action="store_true", help="skip the FP16 variant")
     parser.add_argument("--no-int8", action="store_true", help="skip the INT8 variant")
@@ -620,8 +644,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_int8 and not args.calib_data:
         parser.error("--calib-data is required for the INT8 variant (or pass --no-int8)")
     paths = export_all(
-        args.checkpoint, args.out_dir, data_dir=args.calib_data, stem=args.stem, fp16=not args.no_fp16,
-        int8=not args.no_int8, method=args.method,
+        args.checkpoint,
+        args.out_dir,
+        data_dir=args.calib_data,
+        stem=args.stem,
+        fp16=not args.no_fp16,
+        int8=not args.no_int8,
+        method=args.method,
     )
     for precision, path in paths.items():
         print(f"{precision}: {path}")

@@ -34,7 +34,13 @@ DEFAULT_MODEL_FILES = {
     "fp16": "resunet_default.fp16.onnx",
     "int8": "resunet_default.int8.onnx",
 }
-SUFFIX_BACKEND = {".plan": "tensorrt", ".engine": "tensorrt", ".onnx": "onnxruntime", ".pt": "torch", ".pth": "torch"}
+SUFFIX_BACKEND = {
+    ".plan": "tensorrt",
+    ".engine": "tensorrt",
+    ".onnx": "onnxruntime",
+    ".pt": "torch",
+    ".pth": "torch",
+}
 INSTALL_HINTS = {
     "tensorrt": "TensorRT is not installed: on a machine with an NVIDIA GPU, pip install tensorrt-cu12 (or "
     "tensorrt-cu13) and cupy-cuda12x (or cupy-cuda13x); it cannot run on a CPU-only machine",

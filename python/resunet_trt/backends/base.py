@@ -53,15 +53,15 @@ def cuda_device_count() -> int:
         import cupy as cp
 
         return int(cp.cuda.runtime.getDeviceCount())
-    except Exception:  # noqa: BLE001 - no CuPy or no driver: ask the next one
-        pass
+    except Exception as exc:  # noqa: BLE001 - no CuPy or no driver: ask the next one
+        logger.debug("cupy sees no CUDA device: %s", exc)
     try:
         import torch
 
         if torch.cuda.is_available():
             return int(torch.cuda.device_count())
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception as exc:  # noqa: BLE001
+        logger.debug("torch sees no CUDA device: %s", exc)
     try:
         from .. import _core
 

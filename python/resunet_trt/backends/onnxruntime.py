@@ -27,7 +27,10 @@ from .base import Backend, device_index, parse_device
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "ONNX Runtime is not installed: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)"
-_ORT_TYPES: dict[str, np.dtype[Any]] = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
+_ORT_TYPES: dict[str, np.dtype[Any]] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+}
 
 
 def import_onnxruntime() -> Any:
@@ -79,7 +82,9 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike[str], *, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, device: str = "cpu", threads: int | None = None
+    ) -> None:
         ort = import_onnxruntime()
         self.path = Path(path)
         if not self.path.is_file():
@@ -92,12 +97,17 @@ class OnnxRuntimeBackend(Backend):
                     f"device {self.device} needs ONNX Runtime's CUDAExecutionProvider, which this onnxruntime "
                     f"({ort.__version__}) lacks: pip install onnxruntime-gpu, or use device='cpu'"
                 )
-            providers: list[Any] = [("CUDAExecutionProvider", {"device_id": self._device_id}), "CPUExecutionProvider"]
+            providers: list[Any] = [
+                ("CUDAExecutionProvider", {"device_id": self._device_id}),
+                "CPUExecutionProvider",
+            ]
         else:
             providers = ["CPUExecutionProvider"]
         self._session: Any = None
         try:
-            self._session = ort.InferenceSession(str(self.path), session_options(threads), providers=providers)
+            self._session = ort.InferenceSession(
+                str(self.path), session_options(threads), providers=providers
+            )
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ValueError(f"{self.path}: ONNX Runtime cannot load this model ({exc})") from exc
         if self.device.startswith("cuda") and self._session.get_providers()[0] != "CUDAExecutionProvider":
@@ -114,14 +124,19 @@ class OnnxRuntimeBackend(Backend):
         self.metadata = ModelMetadata.from_json(props[ONNX_METADATA_KEY], source=str(self.path))
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError(f"{self.path}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
+            raise ValueError(
+                f"{self.path}: expected one input and one output, got {len(inputs)} and {len(outputs)}"
+            )
         self._input_name, self._output_name = inputs[0].name, outputs[0].name
         if inputs[0].type not in _ORT_TYPES:
             raise ValueError(f"{self.path}: input must be float or float16, got {inputs[0].type}")
         self.input_dtype = _ORT_TYPES[inputs[0].type]
         self._output_dtype = _ORT_TYPES.get(outputs[0].type, np.dtype(np.float32))
         logger.info(
-            "onnxruntime: %s (%s) on %s with %s", self.path.name, self.metadata.precision, self.device,
+            "onnxruntime: %s (%s) on %s with %s",
+            self.path.name,
+            self.metadata.precision,
+            self.device,
             self._session.get_providers()[0],
         )
 
@@ -148,10 +163,22 @@ class OnnxRuntimeBackend(Backend):
             # ONNX Runtime works on its own stream: the input must be complete before it starts.
             cp.cuda.get_current_stream().synchronize()
             binding = self._session.io_binding()
-            binding.bind_input(self._input_name, "cuda", self._device_id, self.input_dtype.type, list(x.shape),
-                               int(x.data.ptr))
-            binding.bind_output(self._output_name, "cuda", self._device_id, self._output_dtype.type,
-                                list(out.shape), int(out.data.ptr))
+            binding.bind_input(
+                self._input_name,
+                "cuda",
+                self._device_id,
+                self.input_dtype.type,
+                list(x.shape),
+                int(x.data.ptr),
+            )
+            binding.bind_output(
+                self._output_name,
+                "cuda",
+                self._device_id,
+                self._output_dtype.type,
+                list(out.shape),
+                int(out.data.ptr),
+            )
             self._session.run_with_iobinding(binding)
             binding.synchronize_outputs()
         return out

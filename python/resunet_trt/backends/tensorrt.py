@@ -59,7 +59,9 @@ class TensorRTBackend(Backend):
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError(f"{self.path}: expected one input and one output tensor, got {inputs} and {outputs}")
+            raise ValueError(
+                f"{self.path}: expected one input and one output tensor, got {inputs} and {outputs}"
+            )
         self._input_name, self._output_name = inputs[0], outputs[0]
         self.input_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._input_name)))
         self._output_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._output_name)))
@@ -71,8 +73,12 @@ class TensorRTBackend(Backend):
             self._stream = cp.cuda.Stream(non_blocking=True)
         self._engine: trt.ICudaEngine | None = engine
         logger.info(
-            "tensorrt: %s (%s, batch %d..%d) on %s", self.path.name, self.metadata.precision, self._min_batch,
-            self._max_batch, self.device,
+            "tensorrt: %s (%s, batch %d..%d) on %s",
+            self.path.name,
+            self.metadata.precision,
+            self._min_batch,
+            self._max_batch,
+            self.device,
         )
 
     @property
@@ -119,12 +125,16 @@ class TensorRTBackend(Backend):
                 in_ptr, out_ptr, count = int(padded_in.data.ptr), int(padded_out.data.ptr), self._min_batch
             shape = (count, *(int(s) for s in x.shape[1:]))
             if not context.set_input_shape(self._input_name, shape):
-                raise RuntimeError(f"TensorRT rejected input shape {shape} (profile batch {self._min_batch}.."
-                                   f"{self._max_batch})")
+                raise RuntimeError(
+                    f"TensorRT rejected input shape {shape} (profile batch {self._min_batch}.."
+                    f"{self._max_batch})"
+                )
             context.set_tensor_address(self._input_name, in_ptr)
             context.set_tensor_address(self._output_name, out_ptr)
             if not context.execute_async_v3(int(self._stream.ptr)):
-                raise RuntimeError(f"TensorRT execute_async_v3 failed for a batch of {count}; see the log above")
+                raise RuntimeError(
+                    f"TensorRT execute_async_v3 failed for a batch of {count}; see the log above"
+                )
             if padded_out is not None:
                 with self._stream:
                     out[start:stop] = padded_out[: stop - start]

@@ -20,7 +20,9 @@ from .base import Backend, device_index, parse_device
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "PyTorch is not installed: see https://pytorch.org/get-started/locally/ for the build for your machine"
+INSTALL_HINT = (
+    "PyTorch is not installed: see https://pytorch.org/get-started/locally/ for the build for your machine"
+)
 
 
 def import_torch() -> Any:
@@ -50,7 +52,12 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(
-        self, path: str | os.PathLike[str], *, device: str = "cpu", fp16: bool = True, threads: int | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        device: str = "cpu",
+        fp16: bool = True,
+        threads: int | None = None,
     ) -> None:
         torch = import_torch()
         from ..model import load_checkpoint
@@ -88,7 +95,7 @@ class TorchBackend(Backend):
     def infer(self, batch: Any) -> Any:
         if self._model is None:
             raise RuntimeError("this torch backend is closed")
-        n, cuda = self.check_batch(batch)
+        _, cuda = self.check_batch(batch)
         torch = self._torch
         if cuda:
             cp = cupy()

@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-batch", type=int, default=1, help="smallest batch of the profile (default 1)")
     p.add_argument("--opt-batch", type=int, default=8, help="batch TensorRT tunes for (default 8)")
     p.add_argument("--max-batch", type=int, default=32, help="largest batch of the profile (default 32)")
-    p.add_argument("--workspace-gb", type=float, default=4.0, help="workspace memory limit in GiB (default 4)")
+    p.add_argument(
+        "--workspace-gb", type=float, default=4.0, help="workspace memory limit in GiB (default 4)"
+    )
     p.add_argument("--timing-cache", type=Path, help="timing cache file, read if present and written after")
     p.add_argument("--device", default="cuda:0", help="CUDA device (default cuda:0)")
     p.add_argument("-v", "--verbose", action="store_true", help="TensorRT's verbose log")
@@ -42,8 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = args.output if args.output is not None else args.onnx.with_suffix(".plan")
     try:
         plan = build_engine(
-            args.onnx, output, min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
-            workspace_gb=args.workspace_gb, timing_cache=args.timing_cache, device=args.device, verbose=args.verbose,
+            args.onnx,
+            output,
+            min_batch=args.min_batch,
+            opt_batch=args.opt_batch,
+            max_batch=args.max_batch,
+            workspace_gb=args.workspace_gb,
+            timing_cache=args.timing_cache,
+            device=args.device,
+            verbose=args.verbose,
         )
     except (ImportError, FileNotFoundError, ValueError, TypeError, EngineBuildError, RuntimeError) as exc:
         print(f"resunet-build: error: {exc}", file=sys.stderr)
