@@ -229,8 +229,25 @@ BENCH_CAP=120
 bench_script bench_kernels benchmarks/bench_kernels.py "$OUT/kernels_cuda.json"
 bench_script bench_backends benchmarks/bench_backends.py "$OUT/backends_cuda.json"
 bench_script bench_pipeline benchmarks/bench_pipeline.py "$OUT/pipeline_cuda.json" --backend torch
-run_step resunet_bench 90 "$WORK/resunet_bench.log" "$PY" -m resunet_trt.cli.bench --synthetic 200,512,512 \
-  --device cuda --backend torch --warmup 1 --repeats 3 --no-progress --json "$OUT/resunet_bench_cuda.json"
+# resunet-bench on the bundled model; without one, on an untrained network of the default configuration (the
+# speed of a network does not depend on its weights; the Dice of such a run means nothing).
+model_args=()
+if [[ "$DRY_RUN" != "1" ]] && ! "$PY" -c "from resunet_trt.backends import default_model_path as d; d('pt')" \
+  >/dev/null 2>&1; then
+  if "$PY" - "$WORK/untrained.pt" >>"$MAIN_LOG" 2>&1 <<'PYEOF'; then
+import sys
+from resunet_trt.metadata import ModelMetadata
+from resunet_trt.model import ResUNet, ResUNetConfig, save_checkpoint
+config = ResUNetConfig()
+save_checkpoint(sys.argv[1], ResUNet(config).eval(), ModelMetadata(model_config=config.to_dict()))
+print("no bundled model: resunet-bench runs an untrained ResUNet of the default configuration")
+PYEOF
+    model_args=(--checkpoint "$WORK/untrained.pt")
+  fi
+fi
+run_step resunet_bench 90 "$WORK/resunet_bench.log" "$PY" -m resunet_trt.cli.bench "${model_args[@]}" \
+  --synthetic 200,512,512 --device cuda --backend torch --warmup 1 --repeats 3 --no-progress \
+  --json "$OUT/resunet_bench_cuda.json"
 
 # ------------------------------------------------------------------------------------------------ summary
 # The main log gets the tail of every step's own log; the summary is written by whichever python works.
