@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-
     from resunet_trt.config import build_info, machine_info, versions
     from resunet_trt.model import ResUNet, ResUNetConfig, count_parameters, gflops_per_slice
 

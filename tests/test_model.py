@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from resunet_trt.metadata import ModelMetadata  # noqa: E402
-from resunet_trt.model import (  # noqa: E402
+from resunet_trt.metadata import ModelMetadata
+from resunet_trt.model import (
     DEFAULT_MODEL_NOTE,
     ResUNet,
     ResUNetConfig,
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tiny(**kw) -> ResUNetConfig:
-    base = dict(base_width=4, depth=2, max_width=16)
+    base = {"base_width": 4, "depth": 2, "max_width": 16}
     base.update(kw)
     return ResUNetConfig(**base)
 
@@ -67,16 +67,16 @@ def test_wrong_channel_count_is_a_clear_error():
 @pytest.mark.parametrize(
     "kwargs, exc",
     [
-        (dict(in_channels=0), ValueError),
-        (dict(num_classes=1), ValueError),
-        (dict(base_width=0), ValueError),
-        (dict(depth=0), ValueError),
-        (dict(depth=9), ValueError),
-        (dict(max_width=2, base_width=4), ValueError),
-        (dict(units_per_stage=0), ValueError),
-        (dict(upsample="nearest"), ValueError),
-        (dict(depth=2.0), TypeError),
-        (dict(base_width=True), TypeError),
+        ({"in_channels": 0}, ValueError),
+        ({"num_classes": 1}, ValueError),
+        ({"base_width": 0}, ValueError),
+        ({"depth": 0}, ValueError),
+        ({"depth": 9}, ValueError),
+        ({"max_width": 2, "base_width": 4}, ValueError),
+        ({"units_per_stage": 0}, ValueError),
+        ({"upsample": "nearest"}, ValueError),
+        ({"depth": 2.0}, TypeError),
+        ({"base_width": True}, TypeError),
     ],
 )
 def test_bad_config_values_are_rejected(kwargs, exc):

@@ -3,6 +3,7 @@ DDP with two gloo processes, and an overfit run on a real CT case."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -21,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from training.augment import AugmentConfig, augment_sample, flip_rot90, random_crop  # noqa: E402
-from training.data import (  # noqa: E402
+from training.augment import AugmentConfig, augment_sample, flip_rot90, random_crop
+from training.data import (
     CaseSpec,
     PreparedCase,
     SamplingConfig,
@@ -34,8 +35,8 @@ from training.data import (  # noqa: E402
     sample_slices,
     split_cases,
 )
-from training.losses import LossConfig, segmentation_loss  # noqa: E402
-from training.train import DEFAULT_CONFIG, deep_update, load_config, lr_factor, main, train  # noqa: E402
+from training.losses import LossConfig, segmentation_loss
+from training.train import DEFAULT_CONFIG, deep_update, load_config, lr_factor, main, train
 
 LITS117 = ("lits117_roi128", "ct.nii.gz", "label.nii.gz")
 SMALL = ("lits_small64", "ct.nii.gz", "label.nii.gz")
@@ -246,6 +247,7 @@ def test_label_resize_matches_torch_nearest_exact():
 
 def test_prepared_case_matches_preprocess_and_indexes_slices(lits_small):
     from resunet_trt import kernels
+
     from training.data import Case
 
     hu, labels = lits_small
@@ -265,13 +267,10 @@ def test_flips_and_quarter_turns_invert_exactly(flip_lr, flip_ud, k):
     img = rng.random((3, 16, 16), dtype=np.float32)
     lab = rng.integers(0, 3, (16, 16)).astype(np.uint8)
     a, b = flip_rot90(img, lab, flip_lr=flip_lr, flip_ud=flip_ud, k=k)
-    # undo: quarter turns back, then the flips (each is its own inverse)
-    a2, b2 = flip_rot90(a, b, flip_lr=False, flip_ud=False, k=-k)
-    a3, b3 = flip_rot90(a2, b2, flip_lr=flip_ud, flip_ud=False, k=0) if False else (a2, b2)
-    if flip_ud:
-        a3, b3 = a3[..., ::-1, :], b3[..., ::-1, :]
-    if flip_lr:
-        a3, b3 = a3[..., ::-1], b3[..., ::-1]
+    # undo: quarter turns back, then the up-down flip, then the left-right flip (each flip is its own inverse)
+    a3, b3 = flip_rot90(a, b, flip_lr=False, flip_ud=False, k=-k)
+    a3, b3 = flip_rot90(a3, b3, flip_lr=False, flip_ud=flip_ud, k=0)
+    a3, b3 = flip_rot90(a3, b3, flip_lr=flip_lr, flip_ud=False, k=0)
     np.testing.assert_array_equal(a3, img)
     np.testing.assert_array_equal(b3, lab)
     # and they are the numpy operations they claim to be
@@ -373,11 +372,11 @@ def test_liver_only_samples_do_not_punish_tumor_inside_the_liver_mask():
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
-    kw = dict(total=100, warmup=10, power=0.9, min_ratio=0.01)
+    kw = {"total": 100, "warmup": 10, "power": 0.9, "min_ratio": 0.01}
     for schedule in ("cosine", "poly"):
         f = [lr_factor(s, schedule=schedule, **kw) for s in range(101)]
         assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
-        assert all(a >= b for a, b in zip(f[10:], f[11:]))
+        assert all(a >= b for a, b in itertools.pairwise(f[10:]))
         assert f[100] == pytest.approx(0.01)
     with pytest.raises(ValueError, match="schedule"):
         lr_factor(50, schedule="step", **kw)
@@ -466,7 +465,6 @@ def test_resume_without_state_is_a_clear_error(tmp_path):
 
 def test_run_folder_holds_loadable_checkpoints_and_logs(tmp_path, tiny_data, data_dir):
     import yaml
-
     from resunet_trt.model import load_checkpoint
 
     run = tmp_path / "run"
@@ -481,7 +479,7 @@ def test_run_folder_holds_loadable_checkpoints_and_logs(tmp_path, tiny_data, dat
     assert rc == 0
     assert {"best.pt", "last.pt", "resume.pt", "metrics.jsonl", "config.yaml", "command.txt"} <= {
         p.name for p in run.iterdir()}
-    model, meta = load_checkpoint(tmp_path / "exported.pt")
+    _, meta = load_checkpoint(tmp_path / "exported.pt")
     assert meta.plane_size == (32, 32) and meta.context == 3 and meta.window == (-200.0, 250.0)
     assert meta.class_names == ("background", "liver", "tumor")
     assert meta.model_config["depth"] == 2

@@ -20,9 +20,10 @@ import csv
 import hashlib
 import logging
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -267,7 +268,7 @@ def split_cases(
     unknown = [n for n in forced if n not in names]
     if unknown:
         raise ValueError(f"val_cases {unknown} are not among the cases {names}")
-    n_val = int(round(val_fraction * len(names)))
+    n_val = round(val_fraction * len(names))
     if val_fraction > 0 and n_val == 0 and len(names) >= 2:
         n_val = 1
     n_val = max(n_val, len(forced))
@@ -285,7 +286,7 @@ def resize_labels_nearest(labels: np.ndarray, out_size: tuple[int, int]) -> np.n
     Uses the half-pixel convention of the bilinear image resize (output pixel centre (i + 0.5) * H / h - 0.5),
     so labels land on the pixels the image lands on.
     """
-    d, hh, ww = labels.shape
+    _, hh, ww = labels.shape
     oh, ow = out_size
     rows = np.minimum(np.floor((np.arange(oh) + 0.5) * hh / oh).astype(np.int64), hh - 1)
     cols = np.minimum(np.floor((np.arange(ow) + 0.5) * ww / ow).astype(np.int64), ww - 1)
@@ -395,8 +396,8 @@ def sample_slices(
         [np.stack([np.full(c.x.shape[0], i), np.arange(c.x.shape[0])], 1) for i, c in enumerate(cases)], 0
     )
     n = cfg.samples_per_epoch
-    n_tumor = int(round(cfg.tumor_fraction * n))
-    n_liver = int(round(cfg.liver_fraction * n))
+    n_tumor = round(cfg.tumor_fraction * n)
+    n_liver = round(cfg.liver_fraction * n)
     counts = {"tumor": n_tumor, "liver": n_liver, "all": n - n_tumor - n_liver}
     if len(pools["tumor"]) == 0:
         counts["liver"] += counts.pop("tumor")

@@ -31,9 +31,10 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +46,8 @@ if __package__ in (None, ""):  # run as a script: make `training` (and, from a s
     if importlib.util.find_spec("resunet_trt") is None and (_ROOT / "python" / "resunet_trt").is_dir():
         sys.path.insert(1, str(_ROOT / "python"))
 
-from training.augment import AugmentConfig, augment_sample, random_crop  # noqa: E402
-from training.data import (  # noqa: E402
+from training.augment import AugmentConfig, augment_sample, random_crop
+from training.data import (
     Case,
     PreparedCase,
     SamplingConfig,
@@ -58,7 +59,7 @@ from training.data import (  # noqa: E402
     sample_slices,
     split_cases,
 )
-from training.losses import LossConfig  # noqa: E402
+from training.losses import LossConfig
 
 logger = logging.getLogger("resunet_trt.train")
 
@@ -127,7 +128,7 @@ def apply_override(config: dict[str, Any], text: str) -> None:
     node = config
     for p in parts[:-1]:
         if not isinstance(node.get(p), dict):
-            raise ValueError(f"--override {key}: {p!r} is not a config section")
+            raise ValueError(f"--override {key}: {p!r} is not a config section")  # noqa: TRY004 - user input
         node = node[p]
     if parts[-1] not in node and parts[0] not in ("augment", "loss"):
         raise ValueError(f"--override {key}: unknown key (known here: {sorted(node)})")
@@ -324,7 +325,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def predict_case(model: Any, case: PreparedCase, *, device: Any, batch_size: int, amp_dtype: Any) -> np.ndarray:
     """Labels uint8 (D, H, W) at the case's original resolution, through ``kernels.logits_to_labels``."""
     import torch
-
     from resunet_trt import kernels
 
     out = np.empty(case.labels.shape, np.uint8)
@@ -448,10 +448,10 @@ def train(
         :class:`TrainResult`.
     """
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler
-
     from resunet_trt.metadata import ModelMetadata
     from resunet_trt.model import ResUNet, ResUNetConfig, check_plane_size, count_parameters, save_checkpoint
+    from torch.utils.data import DataLoader, DistributedSampler
+
     from training.losses import segmentation_loss
 
     config = json.loads(json.dumps(config, default=str))  # paths -> str: the config is written as YAML and JSON
@@ -494,7 +494,7 @@ def train(
     # ---- data: every file is checked before the first step
     t0 = time.perf_counter()
     train_cases, val_cases = _collect_cases(config)
-    prep = dict(window=window, plane_size=plane, context=context, dtype=config["data"]["cache_dtype"])
+    prep = {"window": window, "plane_size": plane, "context": context, "dtype": config["data"]["cache_dtype"]}
     train_prep = [prepare_case(c, **prep) for c in train_cases]
     val_prep = [prepare_case(c, **prep) for c in val_cases]
     if bool(config["val"]["on_train_cases"]):  # an overfitting check: score the training cases themselves
@@ -508,7 +508,7 @@ def train(
     per_rank = sampling.samples_per_epoch // dist_info.world_size
     steps_per_epoch = max(1, per_rank // batch_size)
     total_steps = steps_per_epoch * epochs
-    warmup_steps = int(round(float(ocfg["warmup_epochs"]) * steps_per_epoch))
+    warmup_steps = round(float(ocfg["warmup_epochs"]) * steps_per_epoch)
 
     # ---- model, optimizer, schedule
     _seed_everything(epoch_seed(seed, -1))
