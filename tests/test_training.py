@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import socket
 import sys
 from pathlib import Path
@@ -546,20 +545,21 @@ def test_ddp_two_gloo_processes_keep_weights_in_sync_and_only_rank0_writes(tmp_p
 
 @pytest.mark.slow
 def test_overfits_one_real_case(tmp_path, data_dir):
+    # 64x64 crops of the 128x128 plane (same pixel scale, 4x cheaper steps); scored on the whole 128^3 volume
     config = deep_update(DEFAULT_CONFIG, {
         "run_dir": str(tmp_path / "run"),
         "progress": False,
         "data": {"sources": [str(data_dir / "lits117_roi128")], "val_fraction": 0.0},
         "preprocess": {"plane_size": [128, 128]},
         "model": {"base_width": 8, "depth": 3, "max_width": 32},
-        "sampling": {"samples_per_epoch": 96, "tumor_fraction": 0.5, "liver_fraction": 0.3},
+        "sampling": {"samples_per_epoch": 128, "tumor_fraction": 0.5, "liver_fraction": 0.3,
+                     "crop_size": [64, 64], "crop_foreground_prob": 0.9},
         "augment": {"flip_prob": 0.0, "affine_prob": 0.0, "intensity_prob": 0.0},
-        "optim": {"epochs": 12, "batch_size": 8, "lr": 0.005, "warmup_epochs": 0.5},
-        "val": {"every": 12, "on_train_cases": True},
+        "optim": {"epochs": 10, "batch_size": 8, "lr": 0.005, "warmup_epochs": 0.5},
+        "val": {"every": 10, "on_train_cases": True},
         "loader": {"workers": 0},
     })
     result = train(config)
     scores = result.history[-1]["val"]["cases"]["lits117_roi128"]
     assert scores["liver"]["dice"] > 0.90
     assert scores["tumor"]["dice"] > 0.60
-    shutil.rmtree(tmp_path / "run")
