@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-files", action="store_true", help="skip the .nii.gz read/write timing")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/pipeline_<device>.json)")
+    parser.add_argument("--note", default="", help="free text stored with the results (model provenance, load)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.batch_size < 1:
         parser.error("--repeats and --batch-size must be >= 1")
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "build": build_info(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "note": args.note,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"pipeline_{device_kind}.json"
