@@ -1,0 +1,48 @@
+"""Type stub of the compiled module (csrc/). Use resunet_trt.kernels: it validates and dispatches."""
+
+from typing import Any
+
+import numpy as np
+
+__version__: str
+built_with_cuda: bool
+built_with_openmp: bool
+cuda_version: str | None
+
+def openmp_max_threads() -> int: ...
+def cuda_device_count() -> int: ...
+
+# CPU ops: numpy in, numpy out; the GIL is released while they run.
+def preprocess_cpu(
+    volume: np.ndarray, lo: float, hi: float, out_height: int, out_width: int, context: int, dtype: str,
+    start: int, stop: int,
+) -> np.ndarray: ...
+def logits_to_labels_cpu(logits: np.ndarray, out_height: int, out_width: int) -> np.ndarray: ...
+def connected_components_cpu(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]: ...
+def postprocess_cpu(labels: np.ndarray, min_lesion_voxels: int, connectivity: int) -> np.ndarray: ...
+def lesion_stats_cpu(labels: np.ndarray, connectivity: int) -> dict[str, Any]: ...
+
+# CUDA ops (CUDA builds only): raw device pointers and a cudaStream_t handle, all ints.
+def preprocess_cuda(
+    volume_ptr: int, volume_dtype: str, depth: int, height: int, width: int, out_ptr: int, dtype: str,
+    lo: float, hi: float, out_height: int, out_width: int, context: int, start: int, stop: int, stream: int,
+) -> None: ...
+def logits_to_labels_cuda(
+    logits_ptr: int, logits_dtype: str, batch: int, classes: int, height: int, width: int, labels_ptr: int,
+    out_height: int, out_width: int, stream: int,
+) -> None: ...
+def connected_components_cuda(
+    mask_ptr: int, shape: tuple[int, int, int], connectivity: int, labels_ptr: int, workspace_ptr: int, stream: int,
+) -> int: ...
+def postprocess_cuda(
+    labels_ptr: int, shape: tuple[int, int, int], min_lesion_voxels: int, connectivity: int, out_ptr: int,
+    workspace_ptr: int, stream: int,
+) -> None: ...
+def tumor_components_cuda(
+    labels_ptr: int, shape: tuple[int, int, int], connectivity: int, components_ptr: int, workspace_ptr: int,
+    stream: int,
+) -> int: ...
+def component_stats_cuda(
+    components_ptr: int, shape: tuple[int, int, int], count: int, voxels_ptr: int, bbox_ptr: int,
+    centroid_ptr: int, stream: int,
+) -> None: ...
