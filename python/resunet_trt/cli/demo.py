@@ -31,8 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="resunet-demo",
         description="Segment the bundled sample CT and score it against its expert label.",
     )
-    parser.add_argument("-o", "--out", default="resunet-demo-out", help="output folder (default: %(default)s)")
-    parser.add_argument("--model", default=None, help="model file (.pt, .onnx, .plan); default: the bundled model")
+    parser.add_argument(
+        "-o", "--out", default="resunet-demo-out", help="output folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--model", default=None, help="model file (.pt, .onnx, .plan); default: the bundled model"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
     parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt")
     args = parser.parse_args(argv)
@@ -56,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     scores = evaluate_case(result.labels, reference, result.volume.spacing, surface=False)
     elapsed = time.perf_counter() - t0
 
-    print(f"sample   {ct_path.name}  {tuple(result.volume.hu.shape)} (D, H, W), spacing {result.volume.spacing} mm")
+    print(
+        f"sample   {ct_path.name}  {tuple(result.volume.hu.shape)} (D, H, W), spacing {result.volume.spacing} mm"
+    )
     print(f"model    {metadata.precision} via {backend} on {device}")
     for kind, path in outcome.outputs.items():
         print(f"wrote    {kind:8s} {Path(path)}")
@@ -64,13 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         f"liver    {result.liver_volume_ml:8.1f} mL   tumor {result.tumor_volume_ml:7.1f} mL   "
         f"burden {100 * result.tumor_burden:.1f}%   lesions {len(result.lesions)}"
     )
-    print(f"Dice     liver {scores['liver']['dice']:.3f}   tumor {scores['tumor']['dice']:.3f}   (against the expert label)")
+    print(
+        f"Dice     liver {scores['liver']['dice']:.3f}   tumor {scores['tumor']['dice']:.3f}   (against the expert label)"
+    )
     cases = _training_cases(metadata)
     if cases is None:
         print("training the model's metadata does not list its training cases")
     else:
         seen = any("lits_small64" in c for c in cases)
-        print(f"training this case was {'USED' if seen else 'NOT used'} to train the model (held out: {not seen})")
+        print(
+            f"training this case was {'USED' if seen else 'NOT used'} to train the model (held out: {not seen})"
+        )
     print(f"time     {elapsed:.1f} s in all")
     return 0
 
