@@ -552,11 +552,11 @@ def test_overfits_one_real_case(tmp_path, data_dir):
         "data": {"sources": [str(data_dir / "lits117_roi128")], "val_fraction": 0.0},
         "preprocess": {"plane_size": [128, 128]},
         "model": {"base_width": 8, "depth": 3, "max_width": 32},
-        "sampling": {"samples_per_epoch": 128, "tumor_fraction": 0.5, "liver_fraction": 0.3,
+        "sampling": {"samples_per_epoch": 96, "tumor_fraction": 0.5, "liver_fraction": 0.3,
                      "crop_size": [64, 64], "crop_foreground_prob": 0.9},
         "augment": {"flip_prob": 0.0, "affine_prob": 0.0, "intensity_prob": 0.0},
-        "optim": {"epochs": 10, "batch_size": 8, "lr": 0.005, "warmup_epochs": 0.5},
-        "val": {"every": 10, "on_train_cases": True},
+        "optim": {"epochs": 8, "batch_size": 8, "lr": 0.005, "warmup_epochs": 0.5},
+        "val": {"every": 8, "on_train_cases": True},
         "loader": {"workers": 0},
     })
     result = train(config)
