@@ -169,7 +169,6 @@ def test_no_tumors_when_asked():
         ({"spacing": (1.0, 0.0, 0.8)}, "spacing"),
         ({"spacing": (1.0, 0.8)}, "spacing"),
         ({"spacing": (1.0, float("nan"), 0.8)}, "spacing"),
-        ({"spacing": "abc"}, "spacing"),
         ({"n_tumors": -1}, "n_tumors"),
         ({"n_tumors": 2.5}, "n_tumors"),
         ({"noise_hu": -1.0}, "noise_hu"),
@@ -181,6 +180,11 @@ def test_bad_arguments_raise_value_error(kwargs, name):
     args = {"shape": (4, 16, 16), "spacing": (1.0, 1.0, 1.0)} | kwargs
     with pytest.raises(ValueError, match=name):
         make_phantom(**args)
+
+
+def test_non_numeric_spacing_raises_type_error():
+    with pytest.raises(TypeError, match="spacing"):
+        make_phantom((4, 16, 16), "abc")
 
 
 @pytest.mark.parametrize("seed", [1.5, "0", None, True])

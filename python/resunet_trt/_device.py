@@ -82,5 +82,5 @@ def as_numpy(x: Any, name: str) -> np.ndarray:
         return x.detach().numpy()
     try:
         return np.asarray(x)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise TypeError(f"{name} must be an array, got {type(x).__name__}") from exc

@@ -24,11 +24,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .io import atomic_write_bytes
 from .metadata import ModelMetadata
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -265,24 +265,6 @@ class EngineSidecar:
             )
         except (TypeError, KeyError, ValueError) as exc:
             raise ValueError(f"{source}: malformed engine sidecar ({exc})") from exc
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
 
 
 def write_sidecar(plan_path: str | os.PathLike[str], sidecar: EngineSidecar) -> Path:

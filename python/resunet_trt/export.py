@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .io import atomic_write_bytes
 from .metadata import ONNX_METADATA_KEY, ModelMetadata, current_versions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,22 +59,6 @@ INT8_OP_TYPES = ("Conv", "ConvTranspose", "Add", "Relu", "MaxPool", "AveragePool
 # --------------------------------------------------------------------------------------------------------------
 # Metadata in the ONNX file
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def set_onnx_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
@@ -161,7 +146,7 @@ def _save_onnx(model: onnx.ModelProto, output: Path) -> Path:
     import onnx
 
     onnx.checker.check_model(model)
-    _atomic_write_bytes(output, model.SerializeToString())
+    atomic_write_bytes(output, model.SerializeToString())
     return output
 
 

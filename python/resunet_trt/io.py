@@ -49,6 +49,8 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
+from ._checks import checked_spacing
+
 __all__ = [
     "CTVolume",
     "DiskGeometry",
@@ -200,7 +202,7 @@ class CTVolume:
             raise ValueError(f"hu must be an int16 (D, H, W) array, got {got}")
         affine = _check_affine(self.affine, "affine")
         object.__setattr__(self, "affine", affine)
-        spacing = _check_spacing(self.spacing)
+        spacing = checked_spacing(self.spacing)
         if not np.allclose(spacing, _spacing_of(affine), rtol=1e-3, atol=1e-6):
             raise ValueError(
                 f"spacing {spacing} disagrees with the affine's voxel sizes {_spacing_of(affine)} (dz, dy, dx)"
@@ -250,7 +252,7 @@ class CTVolume:
             raise TypeError(f"hu must have an integer or float dtype, got {hu.dtype}")
         if hu.ndim != 3 or hu.size == 0:
             raise ValueError(f"hu must be a non-empty (D, H, W) array, got shape {hu.shape}")
-        steps = _check_spacing(spacing)
+        steps = checked_spacing(spacing)
         aff = canonical_affine(steps) if affine is None else _check_affine(affine, "affine")
         if hu.dtype.kind == "f":
             lo, hi = float(np.min(hu)), float(np.max(hu))
@@ -276,18 +278,6 @@ class CTVolume:
         if idx.shape[-1:] != (3,):
             raise ValueError(f"index must have a last axis of 3 (d, h, w), got shape {idx.shape}")
         return idx @ self.affine[:3, :3].T + self.affine[:3, 3]
-
-
-def _check_spacing(spacing: Any) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"spacing must be 3 positive finite floats (dz, dy, dx) in mm, got {spacing!r}"
-        ) from None
-    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"spacing must be 3 positive finite floats (dz, dy, dx) in mm, got {spacing!r}")
-    return values[0], values[1], values[2]
 
 
 def _to_int16(data: np.ndarray, source: str) -> np.ndarray:
@@ -742,6 +732,19 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
         if isinstance(exc, OSError) and str(target) not in str(exc):
             raise OSError(exc.errno, f"cannot write {target}: {exc.strerror or exc}") from exc
         raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes | bytearray | memoryview) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`), creating missing parent folders.
+
+    Returns:
+        The written path.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(target) as tmp:
+        tmp.write_bytes(data)
+    return target
 
 
 def _write_nifti(img: Any, path: Path) -> None:

@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import checked_spacing
+
 __all__ = [
     "BUCKETS",
     "aggregate_lesion_detection",
@@ -58,17 +60,6 @@ CRITERIA = ("iou", "overlap")
 
 # Above this many candidate points in one slice, reduce them to their convex hull before the pairwise search.
 _HULL_THRESHOLD = 64
-
-
-def _checked_spacing(spacing: Sequence[float], name: str = "spacing") -> tuple[float, float, float]:
-    """Spacing as three positive finite floats (dz, dy, dx), or a ValueError naming ``name``."""
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be three numbers (dz, dy, dx) in mm, got {spacing!r}") from exc
-    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{name} must be three positive finite numbers (dz, dy, dx) in mm, got {spacing!r}")
-    return values  # type: ignore[return-value]
 
 
 def _checked_mask(mask: object, name: str) -> np.ndarray:
@@ -140,7 +131,7 @@ def longest_axial_diameter_mm(component_mask: np.ndarray, spacing: Sequence[floa
         TypeError: ``component_mask`` is not boolean or numeric.
     """
     mask = _checked_mask(component_mask, "component_mask")
-    _, dy, dx = _checked_spacing(spacing)
+    _, dy, dx = checked_spacing(spacing)
     box = _bounding_box(mask)
     if box is None:
         return 0.0
@@ -377,7 +368,7 @@ def lesion_detection(
             )
     if p.shape != g.shape:
         raise ValueError(f"pred and gt must have the same shape, got {p.shape} and {g.shape}")
-    sp = _checked_spacing(spacing)
+    sp = checked_spacing(spacing)
     if connectivity not in (6, 18, 26):
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
     if criterion not in CRITERIA:

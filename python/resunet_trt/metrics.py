@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import checked_spacing
+
 __all__ = [
     "CLASSES",
     "OVERLAP_KEYS",
@@ -75,16 +77,6 @@ CLASSES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 OVERLAP_KEYS = ("dice", "iou", "precision", "recall", "voe", "rvd")
 SURFACE_KEYS = ("assd", "msd", "hd95")
 SCORE_KEYS = OVERLAP_KEYS + SURFACE_KEYS
-
-
-def _checked_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"spacing must be three numbers (dz, dy, dx) in mm, got {spacing!r}") from exc
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"spacing must be three positive finite numbers (dz, dy, dx) in mm, got {spacing!r}")
-    return values  # type: ignore[return-value]
 
 
 def _checked_labels(labels: object, name: str) -> np.ndarray:
@@ -175,7 +167,7 @@ def surface_distances(
     gt = _checked_mask(gt_mask, "gt_mask")
     if pred.shape != gt.shape:
         raise ValueError(f"pred_mask and gt_mask must have the same shape, got {pred.shape} and {gt.shape}")
-    sampling = _checked_spacing(spacing)
+    sampling = checked_spacing(spacing)
     box = _bounding_box(pred | gt)
     if box is None or not pred.any() or not gt.any():
         raise ValueError("surface distances need two non-empty masks; handle empty masks before calling")
@@ -214,7 +206,7 @@ def score_masks(
     gt = _checked_mask(gt_mask, "gt_mask")
     if pred.shape != gt.shape:
         raise ValueError(f"pred_mask and gt_mask must have the same shape, got {pred.shape} and {gt.shape}")
-    sp = _checked_spacing(spacing)
+    sp = checked_spacing(spacing)
     voxel_ml = sp[0] * sp[1] * sp[2] / 1000.0
     n_pred = int(np.count_nonzero(pred))
     n_gt = int(np.count_nonzero(gt))
@@ -287,7 +279,7 @@ def evaluate_case(
     g = _checked_labels(gt, "gt")
     if p.shape != g.shape:
         raise ValueError(f"pred and gt must have the same shape, got {p.shape} and {g.shape}")
-    sp = _checked_spacing(spacing)
+    sp = checked_spacing(spacing)
     unknown = [c for c in classes if c not in CLASSES]
     if unknown:
         raise ValueError(f"classes must be among {sorted(CLASSES)}, got {unknown}")

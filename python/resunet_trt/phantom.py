@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import checked_spacing
+
 __all__ = ["TISSUE_HU", "make_phantom"]
 
 logger = logging.getLogger(__name__)
@@ -153,18 +155,6 @@ def _check_shape(shape: Any) -> tuple[int, int, int]:
     ):
         raise ValueError(f"shape must be 3 positive ints (D, H, W), got {shape!r}")
     return int(dims[0]), int(dims[1]), int(dims[2])
-
-
-def _check_spacing(spacing: Any) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"spacing must be 3 positive finite floats (dz, dy, dx) in mm, got {spacing!r}"
-        ) from None
-    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"spacing must be 3 positive finite floats (dz, dy, dx) in mm, got {spacing!r}")
-    return values[0], values[1], values[2]
 
 
 class _Anatomy:
@@ -583,7 +573,7 @@ def make_phantom(
         TypeError: When seed is not an int.
     """
     dims = _check_shape(shape)
-    steps = _check_spacing(spacing)
+    steps = checked_spacing(spacing)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if seed < 0:

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._checks import checked_spacing
+
 if TYPE_CHECKING:  # pragma: no cover
     from .io import CTVolume
     from .report import Lesion
@@ -341,7 +343,7 @@ class Segmenter:
                 raise TypeError(f"item must hold integer or float HU values, got dtype {arr.dtype}")
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 raise ValueError("item contains NaN or Inf values; a CT volume must be finite")
-            sp = _checked_spacing(spacing)
+            sp = checked_spacing(spacing)
             return _checked_volume(CTVolume.from_array(arr, spacing=sp), "array"), 0.0
         raise TypeError(
             f"item must be a path, a CTVolume or a (D, H, W) array with spacing, got {type(item).__name__}"
@@ -666,14 +668,6 @@ class Segmenter:
 # --------------------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------------------
-def _checked_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
-    try:
-        sp = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"spacing must be 3 numbers (dz, dy, dx) in mm, got {spacing!r}") from exc
-    if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
-        raise ValueError(f"spacing must be 3 positive finite numbers (dz, dy, dx) in mm, got {spacing!r}")
-    return sp  # type: ignore[return-value]
 
 
 def _checked_volume(volume: CTVolume, what: str) -> CTVolume:

@@ -1,0 +1,22 @@
+"""Argument checks shared by several modules, so that one bad value gets one message everywhere."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def checked_spacing(spacing: Any, name: str = "spacing") -> tuple[float, float, float]:
+    """Voxel spacing as three positive finite floats (dz, dy, dx) in mm.
+
+    Raises:
+        TypeError: ``spacing`` is not a sequence of numbers.
+        ValueError: not three values, or one of them is not positive and finite.
+    """
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be three numbers (dz, dy, dx) in mm, got {spacing!r}") from exc
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{name} must be three positive finite numbers (dz, dy, dx) in mm, got {spacing!r}")
+    return values[0], values[1], values[2]
