@@ -152,7 +152,7 @@ def test_default_model_path_missing(tmp_path, monkeypatch):
         B.default_model_path("int8")
 
 
-def test_open_default_on_cpu_prefers_int8_onnx(
+def test_open_default_on_cpu_prefers_fp32_onnx(
     tmp_path, monkeypatch, caplog, onnx_fp32, onnx_int8, trained_checkpoint
 ):
     for src, kind in ((onnx_fp32, "onnx"), (onnx_int8, "int8"), (trained_checkpoint, "pt")):
@@ -162,8 +162,11 @@ def test_open_default_on_cpu_prefers_int8_onnx(
         caplog.at_level(logging.INFO, logger="resunet_trt.backends"),
         B.open_backend(None, device="cpu") as b,
     ):
+        assert (b.name, b.metadata.precision) == ("onnxruntime", "fp32")
+    assert "resunet_default.onnx on backend onnxruntime" in caplog.text
+    (tmp_path / B.DEFAULT_MODEL_FILES["onnx"]).unlink()
+    with B.open_backend(None, device="cpu") as b:
         assert (b.name, b.metadata.precision) == ("onnxruntime", "int8")
-    assert "resunet_default.int8.onnx on backend onnxruntime" in caplog.text
     with B.open_backend(None, backend="torch", device="cpu") as b:
         assert b.name == "torch"
 
