@@ -6,6 +6,8 @@ Accuracy is measured on every slice of lits117_roi128 with the tiny model traine
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -100,6 +102,14 @@ def test_metadata_round_trip_pt_to_onnx(trained_checkpoint, onnx_fp32, onnx_fp16
         assert (meta.plane_size, meta.context, meta.window) == ((128, 128), 3, (-200.0, 250.0))
         assert "onnx" in meta.versions
     assert X.read_onnx_metadata(onnx_int8).extra["export"]["calibration"]["method"] == "percentile"
+
+
+def test_exported_files_carry_no_source_paths(onnx_fp32, onnx_fp16, onnx_int8):
+    source_dir = str(Path(X.__file__).resolve().parent)
+    for path in (onnx_fp32, onnx_fp16, onnx_int8):
+        model = onnx.load(str(path))
+        assert all(len(node.metadata_props) == 0 for node in model.graph.node), path
+        assert source_dir.encode() not in Path(path).read_bytes(), path
 
 
 def test_read_metadata_missing_file(tmp_path):

@@ -227,6 +227,7 @@ def export_model(
         raise RuntimeError("torch.onnx.export returned no program")
     proto = program.model_proto
     _name_batch_dims(proto)
+    _drop_node_metadata(proto)
     import onnx
 
     set_onnx_metadata(
@@ -242,6 +243,23 @@ def export_model(
     _save_onnx(proto, output)
     logger.info("exported fp32 ONNX (opset %d) to %s", opset, output)
     return output
+
+
+def _drop_node_metadata(model: onnx.ModelProto) -> None:
+    """Remove the exporter's per-node annotations (Python stack traces with the exporting machine's file paths,
+    module names); the model-level metadata, ours included, stays."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+    for function in model.functions:
+        for node in function.node:
+            del node.metadata_props[:]
 
 
 def _name_batch_dims(model: onnx.ModelProto) -> None:
