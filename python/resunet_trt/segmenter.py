@@ -511,27 +511,33 @@ class Segmenter:
         reads.close()
         return outcomes
 
+    def _net_input(self, hu: Any, start: int, stop: int) -> Any:
+        """Network input (stop - start, K, h, w) for slices [start, stop) of ``hu`` (numpy or CUDA array)."""
+        from . import kernels
+
+        meta = self.metadata
+        return kernels.preprocess(
+            hu,
+            window=tuple(meta.window),
+            out_size=tuple(meta.plane_size),
+            context=meta.context,
+            dtype=self._input_dtype,
+            start=start,
+            stop=stop,
+        )
+
     # -- CPU path ---------------------------------------------------------------------------------
     def _run_cpu(self, volume: CTVolume, timings: dict[str, float]) -> tuple[np.ndarray, list, tuple[int, int]]:
         from . import kernels
         from .report import build_lesions
 
-        meta = self.metadata
         hu = volume.hu
         depth, height, width = hu.shape
         labels = np.empty((depth, height, width), dtype=np.uint8)
         bar = self.progress and not self._in_files
         for start, stop in _progress(slabs(depth, self.batch_size), enabled=bar, desc="slabs", leave=False):
             t0 = time.perf_counter()
-            batch = kernels.preprocess(
-                hu,
-                window=tuple(meta.window),
-                out_size=tuple(meta.plane_size),
-                context=meta.context,
-                dtype=self._input_dtype,
-                start=start,
-                stop=stop,
-            )
+            batch = self._net_input(hu, start, stop)
             t1 = time.perf_counter()
             logits = self.backend.infer(batch)
             t2 = time.perf_counter()
@@ -609,15 +615,7 @@ class Segmenter:
                     with compute:
                         e0, e1, e2, e3 = (cp.cuda.Event() for _ in range(4))
                         e0.record(compute)
-                        batch = kernels.preprocess(
-                            d_hu,
-                            window=tuple(meta.window),
-                            out_size=tuple(meta.plane_size),
-                            context=meta.context,
-                            dtype=self._input_dtype,
-                            start=start,
-                            stop=stop,
-                        )
+                        batch = self._net_input(d_hu, start, stop)
                         e1.record(compute)
                         logits = self.backend.infer(batch)
                         e2.record(compute)
