@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._checks import checked_spacing
+from ._progress import progress as _progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from .io import CTVolume
@@ -127,7 +128,9 @@ def resolve_device(device: str) -> str:
         RuntimeError: CUDA was requested but is not usable.
     """
     if not isinstance(device, str):
-        raise TypeError(f"device must be a str ('auto', 'cpu', 'cuda' or 'cuda:N'), got {type(device).__name__}")
+        raise TypeError(
+            f"device must be a str ('auto', 'cpu', 'cuda' or 'cuda:N'), got {type(device).__name__}"
+        )
     req = device.strip().lower()
     if req == "cpu":
         return "cpu"
@@ -278,7 +281,9 @@ class Segmenter:
 
         from .backends import open_backend
 
-        self.backend = open_backend(None if model is None else Path(model), backend=backend, device=self.device)
+        self.backend = open_backend(
+            None if model is None else Path(model), backend=backend, device=self.device
+        )
         if self.backend.device.startswith("cuda") != self.device.startswith("cuda"):
             self.backend.close()
             raise RuntimeError(
@@ -527,7 +532,9 @@ class Segmenter:
         )
 
     # -- CPU path ---------------------------------------------------------------------------------
-    def _run_cpu(self, volume: CTVolume, timings: dict[str, float]) -> tuple[np.ndarray, list, tuple[int, int]]:
+    def _run_cpu(
+        self, volume: CTVolume, timings: dict[str, float]
+    ) -> tuple[np.ndarray, list, tuple[int, int]]:
         from . import kernels
         from .report import build_lesions
 
@@ -558,7 +565,9 @@ class Segmenter:
         return labels, lesions, (liver_voxels, tumor_voxels)
 
     # -- GPU path ---------------------------------------------------------------------------------
-    def _run_gpu(self, volume: CTVolume, timings: dict[str, float]) -> tuple[np.ndarray, list, tuple[int, int]]:
+    def _run_gpu(
+        self, volume: CTVolume, timings: dict[str, float]
+    ) -> tuple[np.ndarray, list, tuple[int, int]]:
         import cupy as cp
 
         from . import kernels
@@ -691,14 +700,3 @@ def _name_file(exc: BaseException, path: str | os.PathLike[str]) -> BaseExceptio
         return kind(f"{where}: {exc}")
     except TypeError:  # an exception type with a special constructor
         return RuntimeError(f"{where}: {type(exc).__name__}: {exc}")
-
-
-def _progress(items: Iterable[Any], *, enabled: bool, **kwargs: Any) -> Iterable[Any]:
-    if not enabled:
-        return items
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is optional
-        logger.warning("progress=True needs tqdm (pip install tqdm); continuing without a progress bar")
-        return items
-    return tqdm(items, **kwargs)

@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import progress as progress_bar
+
 logger = logging.getLogger("resunet_trt.bench")
 
 STAGES = ("read", "upload", "preprocess", "infer", "decode", "postprocess", "download", "write")
@@ -324,7 +326,7 @@ def run_variant(
         runs: list[dict[str, Any]] = []
         accuracy: dict[str, dict[str, float]] = {}
         jobs = [(r, item) for r in range(repeats) for item in inputs]
-        bar = _progress(jobs, enabled=progress, desc=variant.label)
+        bar = progress_bar(jobs, enabled=progress, desc=variant.label, unit="vol")
         for r, item in bar:
             t = time.perf_counter()
             result = seg.segment(item.volume)
@@ -476,16 +478,6 @@ def render(results: Sequence[dict[str, Any]], rel: Sequence[dict[str, Any]]) -> 
                 )
             lines.append(f"  {row['label']:<24} x{row['speedup_wall_median']:.2f} wall (median){extra}")
     return "\n".join(lines)
-
-
-def _progress(items: Sequence[Any], *, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return items
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, unit="vol", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------- command line

@@ -59,6 +59,8 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import progress as progress_bar
+
 logger = logging.getLogger("resunet_trt.eval")
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -549,16 +551,6 @@ def write_outputs(
 # ----------------------------------------------------------------------------------------- command line
 
 
-def _progress(items: Sequence[Any], *, enabled: bool, desc: str) -> Iterable[Any]:
-    if not enabled:
-        return items
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, unit="case", file=sys.stderr)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resunet-eval",
@@ -624,7 +616,9 @@ def _evaluate_folders(
     args: argparse.Namespace, pairs: Sequence[tuple[str, Path | None, Path]]
 ) -> list[CaseOutcome]:
     outcomes = []
-    for key, pred_path, gt_path in _progress(pairs, enabled=not args.no_progress, desc="eval"):
+    for key, pred_path, gt_path in progress_bar(
+        pairs, enabled=not args.no_progress, desc="eval", unit="case"
+    ):
         o = CaseOutcome(case=key, pred=str(pred_path) if pred_path else None, gt=str(gt_path))
         t0 = time.perf_counter()
         try:
@@ -665,7 +659,7 @@ def _evaluate_model(args: argparse.Namespace, cases: Mapping[str, tuple[Path, Pa
     outcomes = []
     with segmenter as seg:
         keys = sorted(cases, key=_natural)
-        for key in _progress(keys, enabled=not args.no_progress, desc="segment+eval"):
+        for key in progress_bar(keys, enabled=not args.no_progress, desc="segment+eval", unit="case"):
             image, label = cases[key]
             o = CaseOutcome(case=key, pred=None, gt=str(label), image=str(image))
             t0 = time.perf_counter()
