@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from resunet_trt._checks import reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,7 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"augment: unknown keys {unknown}; known keys are {sorted(known)}")
+        reject_unknown_keys(d, cls.__dataclass_fields__, "augment")
         d = dict(d)
         if "scale" in d:
             d["scale"] = tuple(float(v) for v in d["scale"])

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from resunet_trt._checks import reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,7 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LossConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"loss: unknown keys {unknown}; known keys are {sorted(known)}")
+        reject_unknown_keys(d, cls.__dataclass_fields__, "loss")
         d = dict(d)
         if "class_weights" in d:
             cw = tuple(float(v) for v in d["class_weights"])

@@ -20,3 +20,17 @@ def checked_spacing(spacing: Any, name: str = "spacing") -> tuple[float, float, 
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"{name} must be three positive finite numbers (dz, dy, dx) in mm, got {spacing!r}")
     return values[0], values[1], values[2]
+
+
+def reject_unknown_keys(d: Any, known: Any, what: str) -> None:
+    """Raise ValueError when the mapping ``d`` has keys outside ``known`` (a config from another version, a typo).
+
+    Raises:
+        TypeError: ``d`` is not a dict.
+        ValueError: naming ``what``, the unknown keys and the known ones.
+    """
+    if not isinstance(d, dict):
+        raise TypeError(f"{what} expects a dict, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"{what}: unknown keys {unknown}; known keys are {sorted(known)}")

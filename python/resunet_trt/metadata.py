@@ -67,7 +67,8 @@ class ModelMetadata:
     def from_dict(cls, d: dict[str, Any], *, source: str = "metadata") -> ModelMetadata:
         """Build from a dict, with an error naming ``source`` when fields are missing or wrong."""
         if not isinstance(d, dict):
-            raise ValueError(f"{source}: model metadata must be a JSON object, got {type(d).__name__}")
+            # The wrong shape of a file's content, not a wrong argument type: ValueError like other bad content.
+            raise ValueError(f"{source}: model metadata must be a JSON object, got {type(d).__name__}")  # noqa: TRY004
         required = ("plane_size", "context", "window", "class_names")
         missing = [k for k in required if k not in d]
         if missing:

@@ -110,12 +110,9 @@ class ResUNetConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ResUNetConfig:
         """Build from a dict; unknown keys are an error (a config from a newer version must not load silently)."""
-        if not isinstance(d, dict):
-            raise TypeError(f"ResUNetConfig.from_dict expects a dict, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ResUNetConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+        from ._checks import reject_unknown_keys
+
+        reject_unknown_keys(d, {f.name for f in fields(cls)}, "ResUNetConfig")
         return cls(**d)
 
 
