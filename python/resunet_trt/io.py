@@ -36,6 +36,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import os
@@ -306,7 +307,8 @@ def _check_path(path_or_dir: Any, name: str) -> Path:
         raise TypeError(f"{name} must be a str or os.PathLike, got {type(path_or_dir).__name__}")
     path = Path(path_or_dir)
     if not path.exists():
-        raise FileNotFoundError(f"{name}: no such file or folder: {path}")
+        # Named by what was typed: the parameter's name means nothing to someone at a command line.
+        raise FileNotFoundError(f"{path}: no such file or folder")
     return path
 
 
@@ -317,6 +319,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     """
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file (0 bytes)")
+    _check_pixdim(path)
     try:
         if path.name.lower().endswith(".gz") and _igzip() is not None:
             data, affine, header = _read_nifti_isal(path)
@@ -330,6 +333,35 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     if affine is None:
         raise ValueError(f"{path}: the image has no affine (no spatial geometry)")
     return data, np.asarray(affine, dtype=np.float64), header
+
+
+def _check_pixdim(path: Path) -> None:
+    """Refuse a NIfTI whose voxel size comes from ``pixdim`` and is zero or not finite there.
+
+    nibabel reads such a header with 1 mm in place of the zero (and only logs it), which would make every
+    volume in mL an invention. The raw header is read without nibabel's fixes; when the sform is set, the voxel
+    size comes from the sform instead (a zero there is refused as a singular affine).
+    """
+    try:
+        with nib.openers.ImageOpener(path) as stream:
+            head = stream.read(540)
+        sizeof_hdr = int.from_bytes(head[:4], "little")
+        if sizeof_hdr not in (348, 540):
+            sizeof_hdr = int.from_bytes(head[:4], "big")
+        klass = nib.Nifti2Header if sizeof_hdr == 540 else nib.Nifti1Header
+        header = klass.from_fileobj(io.BytesIO(head), check=False)
+        if header["magic"] not in (b"n+1", b"ni1", b"n+2", b"ni2"):
+            return
+        ndim, sform_code = int(header["dim"][0]), int(header["sform_code"])
+        pixdim = [float(v) for v in header["pixdim"][1:4]]
+    except Exception:  # noqa: BLE001 - not a readable NIfTI header: the full read below says why
+        return
+    if ndim >= 3 and sform_code == 0 and not all(math.isfinite(v) and v != 0 for v in pixdim):
+        raise ValueError(
+            f"{path}: the header gives a voxel size of ({', '.join(f'{v:g}' for v in pixdim)}) mm (pixdim[1:4]) "
+            "and no sform: a zero or "
+            "undefined voxel size makes volumes in mL meaningless; set the true voxel size in the header"
+        )
 
 
 def _igzip() -> Any:
@@ -527,17 +559,13 @@ def _load_dicom_series(folder: Path, *, series_uid: str | None) -> CTVolume:
     if series_uid is not None:
         if series_uid not in series:
             raise ValueError(
-                f"{folder}: no series with SeriesInstanceUID {series_uid}; found {sorted(series)}"
+                f"{folder}: no series with SeriesInstanceUID {series_uid}; found: {_series_listing(series)}"
             )
         slices = series[series_uid]
     elif len(series) > 1:
-        listing = "; ".join(
-            f"{uid} ({len(items)} files, {items[0][1].get('Modality', '?')}, "
-            f"'{items[0][1].get('SeriesDescription', '')}')"
-            for uid, items in series.items()
-        )
         raise ValueError(
-            f"{folder}: {len(series)} DICOM series in one folder, pick one with series_uid: {listing}"
+            f"{folder}: {len(series)} DICOM series in one folder; choose one by its SeriesInstanceUID "
+            f"(resunet-seg --series-uid UID, or load_ct(..., series_uid=UID)): {_series_listing(series)}"
         )
     else:
         slices = next(iter(series.values()))
@@ -626,6 +654,16 @@ def _load_dicom_series(folder: Path, *, series_uid: str | None) -> CTVolume:
     )
 
 
+def _series_listing(series: dict[str, list[tuple[Path, Any]]]) -> str:
+    """One line per series found in a folder: UID, description, slice count and modality, largest first."""
+    rows = sorted(series.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return "; ".join(
+        f"{uid or '(no UID)'} '{items[0][1].get('SeriesDescription', '')}' "
+        f"({len(items)} slices, {items[0][1].get('Modality', '?')})"
+        for uid, items in rows
+    )
+
+
 def _check_slice_positions(
     folder: Path, positions: np.ndarray, along: np.ndarray, normal: np.ndarray, slices: list[tuple[Path, Any]]
 ) -> np.ndarray:
@@ -692,6 +730,30 @@ def _suffix(path: Path) -> str:
     return path.suffix
 
 
+_MKSTEMP_RANDOM_CHARS = 8  # tempfile's random part of a name
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that ``folder``'s file system allows (255 when it cannot say)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _temporary_prefix(target: Path, suffix: str) -> str:
+    """``.<name>.`` for a temporary file beside ``target``, the name cut so the whole fits the file system.
+
+    A temporary name is ``prefix + 8 random characters + suffix``; a target whose name is itself near the
+    limit would otherwise get a temporary name that is too long, and a legal output could not be written.
+    """
+    room = _name_max(target.parent) - len(os.fsencode(suffix)) - _MKSTEMP_RANDOM_CHARS - 2
+    name = target.name
+    while name and len(os.fsencode(name)) > room:  # cut whole characters: the limit counts encoded bytes
+        name = name[:-1]
+    return f".{name}."
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike) -> Iterator[Path]:
     """Write a file atomically: yield a temporary path in the same folder, then rename it over ``path``.
@@ -712,9 +774,10 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     target = Path(path)
+    suffix = f".tmp{_suffix(target)}"
     try:
         fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=f".tmp{_suffix(target)}", dir=target.parent
+            prefix=_temporary_prefix(target, suffix), suffix=suffix, dir=target.parent
         )
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write {target}: {exc.strerror or exc}") from exc
