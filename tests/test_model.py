@@ -236,9 +236,66 @@ def test_exports_to_onnx_with_dynamic_batch_and_matches_torch(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_importing_the_module_does_not_import_torch():
-    code = "import sys, resunet_trt.model as m; m.ResUNetConfig(); m.gflops_per_slice(m.ResUNetConfig()); " \
+def test_importing_the_config_module_does_not_import_torch():
+    code = "import sys, resunet_trt.model_config as m; m.ResUNetConfig(); m.gflops_per_slice(m.ResUNetConfig()); " \
            "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT / "python"), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "False"
+
+
+def _randomise_batchnorm(net):
+    gen = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=gen) * 2 - 1)
+            m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(c, generator=gen) - 0.5)
+
+
+@pytest.mark.parametrize("cfg", [_tiny(block="conv_bn_relu"), _tiny(block="conv_bn_relu", units_per_stage=2, depth=3),
+                                 ResUNetConfig(block="conv_bn_relu", upsample="bilinear")])
+def test_fold_batchnorm_leaves_no_batchnorm_and_the_same_function(cfg):
+    from resunet_trt.model import fold_batchnorm
+
+    net = ResUNet(cfg)
+    _randomise_batchnorm(net)
+    net.eval()
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is untouched
+    x = torch.rand(2, cfg.in_channels, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = net(x), folded(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_conv_bn_relu_parameter_count_matches_an_independent_count():
+    cfg = _tiny(block="conv_bn_relu")
+    w = cfg.widths
+
+    def conv(cin, cout, k, bias):
+        return cin * cout * k * k + (cout if bias else 0)
+
+    def unit(cin, cout, stride):
+        n = conv(cin, cout, 3, False) + 2 * cout + conv(cout, cout, 3, False) + 2 * cout
+        if cin != cout or stride != 1:
+            n += conv(cin, cout, 1, False) + 2 * cout
+        return n
+
+    total = conv(cfg.in_channels, w[0], 3, False) + 2 * w[0]
+    for level in range(cfg.depth + 1):
+        total += unit(w[0] if level == 0 else w[level - 1], w[level], 2 if level else 1)
+    for level in range(cfg.depth):
+        total += conv(w[level + 1], w[level], 2, True) + unit(2 * w[level], w[level], 1)
+    total += conv(w[0], cfg.num_classes, 1, True)
+    assert count_parameters(ResUNet(cfg)) == total
+
+
+def test_configs_without_block_are_the_first_preact_models():
+    cfg = ResUNetConfig.from_dict({k: v for k, v in _tiny().to_dict().items() if k != "block"})
+    assert cfg.block == "preact"
+    with pytest.raises(ValueError, match="block must be one of"):
+        ResUNetConfig(block="postact")

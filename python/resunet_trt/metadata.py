@@ -15,7 +15,8 @@ from ._version import __version__
 CLASS_NAMES = ("background", "liver", "tumor")
 NORMALISATIONS = ("window01",)
 PRECISIONS = ("fp32", "fp16", "int8")
-SCHEMA_VERSION = 1
+# 2: optional physical sampling (pixel_mm, slice_mm); schema-1 artifacts load with both None.
+SCHEMA_VERSION = 2
 ONNX_METADATA_KEY = "resunet_trt"
 
 
@@ -33,6 +34,11 @@ class ModelMetadata:
         model_config: the constructor arguments of the network (width, depth...).
         versions: library versions at the time the artifact was written.
         extra: free-form additions (training summary, metrics, ...), JSON-serialisable.
+        pixel_mm: in-plane size in mm of one network-input pixel. When set, every volume is resampled to it (the
+            plane grows beyond ``plane_size`` for a large field of view), so 0.6 mm and 1 mm scans look alike;
+            None (older models) resizes the whole plane to ``plane_size`` whatever the spacing.
+        slice_mm: distance in mm between the K context slices (interpolated between the volume's slices). None
+            (older models) takes the volume's neighbouring slices, whatever their spacing.
     """
 
     plane_size: tuple[int, int] = (256, 256)
@@ -45,6 +51,8 @@ class ModelMetadata:
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
+    pixel_mm: float | None = None
+    slice_mm: float | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -91,6 +99,8 @@ class ModelMetadata:
                 versions={str(k): str(v) for k, v in dict(d.get("versions", {})).items()},
                 extra=dict(d.get("extra", {})),
                 schema=schema,
+                pixel_mm=_optional_mm(d.get("pixel_mm")),
+                slice_mm=_optional_mm(d.get("slice_mm")),
             )
         except (TypeError, IndexError, KeyError) as exc:
             raise ValueError(f"{source}: malformed model metadata ({exc})") from exc
@@ -111,14 +121,22 @@ class ModelMetadata:
 
     def check_compatible(self, other: ModelMetadata, *, what: str = "model") -> None:
         """Raise ValueError when ``other`` would be fed differently from ``self``."""
-        for key in ("plane_size", "context", "window", "normalisation", "class_names"):
+        for key in ("plane_size", "context", "window", "normalisation", "class_names", "pixel_mm", "slice_mm"):
             a, b = getattr(self, key), getattr(other, key)
             if a != b:
                 raise ValueError(f"{what}: {key} differs ({a!r} != {b!r})")
 
 
+def _optional_mm(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def validate(m: ModelMetadata) -> None:
     """Check field values; raise ValueError naming the field."""
+    for name in ("pixel_mm", "slice_mm"):
+        v = getattr(m, name)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v <= 100.0):
+            raise ValueError(f"{name} must be None or a positive size in mm (at most 100), got {v!r}")
     h, w = m.plane_size
     if h <= 0 or w <= 0:
         raise ValueError(f"plane_size must be positive, got {m.plane_size}")

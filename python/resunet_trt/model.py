@@ -1,186 +1,49 @@
-"""The ResUNet: a 2.5D residual U-Net for liver and liver-tumor segmentation.
+"""The ResUNet: a 2.5D residual U-Net for liver and liver-tumor segmentation (PyTorch).
 
 Input is a batch of (N, K, h, w) planes, K neighbouring CT slices stacked as channels (the centre slice is the one
-being segmented); output is (N, C, h, w) logits for background, liver and tumor.
+being segmented); output is (N, C, h, w) logits for background, liver and tumor. The architecture, its
+configuration and its analytic cost live in :mod:`resunet_trt.model_config` (torch-free); this module holds the
+torch classes and the checkpoint format, and imports torch.
 
-Architecture (``depth`` = number of 2x downsamplings, widths ``w_i = min(base_width * 2**i, max_width)``)::
+Two residual unit types (``ResUNetConfig.block``):
 
-    stem   conv3x3 K -> w_0
-    enc_0  ResUnit(w_0 -> w_0)                 at h x w
-    enc_i  ResUnit(w_{i-1} -> w_i, stride 2)   at h/2**i x w/2**i, i = 1..depth (the last is the bottleneck)
-    dec_i  ConvTranspose2x2(w_{i+1} -> w_i), concat skip enc_i, ResUnit(2 w_i -> w_i), i = depth-1..0
-    head   BN-ReLU-conv1x1 w_0 -> C
-
-A ResUnit is the pre-activation residual unit of He et al. (2016), as used by Zhang et al.'s ResUNet (2018):
-``BN-ReLU-conv3x3(stride) -> BN-ReLU-conv3x3`` added to a shortcut that is a 1x1 convolution (with the same stride)
-whenever channels or resolution change, the identity otherwise.
+* ``"conv_bn_relu"`` (:class:`ConvBnReluUnit`): ``conv3x3(stride)-BN-ReLU-conv3x3-BN`` plus a shortcut
+  (``conv1x1-BN`` when channels or resolution change), then ReLU. Every BatchNorm follows a convolution, so
+  :func:`fold_batchnorm` folds it into that convolution's weights at export and each convolution is followed
+  directly by ReLU or Add+ReLU: the pattern INT8 engines fuse (TensorRT, OpenVINO, ONNX Runtime).
+* ``"preact"`` (:class:`PreActUnit`): the pre-activation unit of He et al. (2016) used by the first models,
+  ``BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3`` added to a shortcut. Its BatchNorms precede their convolutions, so they
+  cannot fold; kept so older checkpoints load and run unchanged.
 
 Every op is static (Conv, BatchNorm, ReLU, ConvTranspose, Concat, Add): no data-dependent control flow, so the
-module exports to ONNX and builds as a TensorRT engine unchanged; the batch dimension may be dynamic. The plane
-size must be divisible by ``2**depth``; :meth:`ResUNet.forward` checks that with a clear error (the check reads only
-static shapes, so tracing and export are unaffected).
-
-Default configuration (``ResUNetConfig()``: K = 3, widths 8-16-32-64-128-160, depth 5, one unit per stage),
-computed by :func:`count_parameters` and :func:`gflops_per_slice`: see :data:`DEFAULT_MODEL_NOTE`.
+module exports to ONNX and builds as a TensorRT engine unchanged; the batch and plane dimensions may be dynamic. The
+plane size must be divisible by ``2**depth``; :meth:`ResUNet.forward` checks that with a clear error (the check reads
+only static shapes, so tracing and export are unaffected).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from torch import nn
 
 from .metadata import ModelMetadata, current_versions
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-    from torch import nn
-
-    ResUNet: type[nn.Module]
+from .model_config import (
+    BLOCKS,
+    DEFAULT_MODEL_NOTE,
+    UPSAMPLE_MODES,
+    ResUNetConfig,
+    check_plane_size,
+    gflops_per_slice,
+)
 
 CHECKPOINT_FORMAT = "resunet_trt.checkpoint"
 CHECKPOINT_VERSION = 1
-UPSAMPLE_MODES = ("transpose", "bilinear")
-
-DEFAULT_MODEL_NOTE = (
-    "ResUNetConfig() (K=3, widths 8-16-32-64-128-160, depth 5): 1,503,315 parameters, 2.00 GFLOPs per 256x256 "
-    "slice (1.00 G multiply-accumulates of the convolutions, counted analytically by gflops_per_slice)."
-)
-
-
-@dataclass(frozen=True)
-class ResUNetConfig:
-    """Constructor arguments of :class:`ResUNet`; travels with the weights as ``ModelMetadata.model_config``.
-
-    Attributes:
-        in_channels: K, the number of neighbouring slices stacked as input channels (the context).
-        num_classes: output channels (background, liver, tumor).
-        base_width: channels of the full-resolution stage.
-        depth: number of 2x downsamplings; the plane size must be divisible by ``2**depth``.
-        max_width: cap on the channels of the deeper stages.
-        units_per_stage: residual units per encoder stage (the first one of a stage downsamples).
-        upsample: ``"transpose"`` (ConvTranspose 2x2 stride 2) or ``"bilinear"`` (Upsample x2 + conv 1x1).
-    """
-
-    in_channels: int = 3
-    num_classes: int = 3
-    base_width: int = 8
-    depth: int = 5
-    max_width: int = 160
-    units_per_stage: int = 1
-    upsample: str = "transpose"
-
-    def __post_init__(self) -> None:
-        for name in ("in_channels", "num_classes", "base_width", "depth", "max_width", "units_per_stage"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"ResUNetConfig.{name} must be an int, got {type(value).__name__}")
-        if self.in_channels < 1:
-            raise ValueError(f"ResUNetConfig.in_channels must be >= 1, got {self.in_channels}")
-        if self.num_classes < 2:
-            raise ValueError(f"ResUNetConfig.num_classes must be >= 2, got {self.num_classes}")
-        if self.base_width < 1:
-            raise ValueError(f"ResUNetConfig.base_width must be >= 1, got {self.base_width}")
-        if not 1 <= self.depth <= 8:
-            raise ValueError(f"ResUNetConfig.depth must be in 1..8, got {self.depth}")
-        if self.max_width < self.base_width:
-            raise ValueError(
-                f"ResUNetConfig.max_width must be >= base_width ({self.base_width}), got {self.max_width}"
-            )
-        if self.units_per_stage < 1:
-            raise ValueError(f"ResUNetConfig.units_per_stage must be >= 1, got {self.units_per_stage}")
-        if self.upsample not in UPSAMPLE_MODES:
-            raise ValueError(f"ResUNetConfig.upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        """Channels of stages 0..depth."""
-        return tuple(min(self.base_width * 2**i, self.max_width) for i in range(self.depth + 1))
-
-    @property
-    def divisor(self) -> int:
-        """The plane height and width must be multiples of this (``2**depth``)."""
-        return 2**self.depth
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ResUNetConfig:
-        """Build from a dict; unknown keys are an error (a config from a newer version must not load silently)."""
-        from ._checks import reject_unknown_keys
-
-        reject_unknown_keys(d, {f.name for f in fields(cls)}, "ResUNetConfig")
-        return cls(**d)
-
-
-def check_plane_size(config: ResUNetConfig, plane_size: tuple[int, int]) -> None:
-    """Raise ValueError unless both plane dimensions are positive multiples of ``2**depth``."""
-    h, w = plane_size
-    k = config.divisor
-    if h <= 0 or w <= 0 or h % k or w % k:
-        raise ValueError(
-            f"plane size (h, w) must be positive multiples of 2**depth = {k} for depth {config.depth}, "
-            f"got ({h}, {w})"
-        )
-
-
-def _conv_out(size: int, stride: int) -> int:
-    # 3x3 conv, padding 1 and 1x1 conv, padding 0 give the same output size for a given stride.
-    return (size - 1) // stride + 1
-
-
-def gflops_per_slice(config: ResUNetConfig, plane_size: tuple[int, int] = (256, 256)) -> float:
-    """Analytic GFLOPs of one forward pass on one (K, h, w) input: 2 x the multiply-accumulates of every
-    convolution and transposed convolution (BatchNorm, ReLU, additions and concatenation are not counted; they are
-    memory-bound and well under 1% of the arithmetic).
-
-    Counted independently of the torch module, from the architecture described in the module docstring.
-
-    Args:
-        config: the network configuration.
-        plane_size: (h, w) of the input plane; must be divisible by ``2**depth``.
-
-    Returns:
-        GFLOPs (1e9 floating-point operations) per slice.
-    """
-    check_plane_size(config, plane_size)
-    h, w = plane_size
-    widths = config.widths
-    macs = 0
-
-    def conv(cin: int, cout: int, k: int, hh: int, ww: int) -> int:
-        return cin * cout * k * k * hh * ww
-
-    def unit(cin: int, cout: int, stride: int, hh: int, ww: int) -> tuple[int, int, int]:
-        oh, ow = _conv_out(hh, stride), _conv_out(ww, stride)
-        n = conv(cin, cout, 3, oh, ow) + conv(cout, cout, 3, oh, ow)
-        if cin != cout or stride != 1:
-            n += conv(cin, cout, 1, oh, ow)
-        return n, oh, ow
-
-    macs += conv(config.in_channels, widths[0], 3, h, w)
-    sizes = []
-    hh, ww = h, w
-    for level in range(config.depth + 1):
-        cin = widths[0] if level == 0 else widths[level - 1]
-        for u in range(config.units_per_stage):
-            n, hh, ww = unit(cin if u == 0 else widths[level], widths[level], 2 if (u == 0 and level) else 1, hh, ww)
-            macs += n
-        sizes.append((hh, ww))
-    for level in range(config.depth - 1, -1, -1):
-        sh, sw = sizes[level]
-        if config.upsample == "transpose":
-            # each input pixel feeds a 2x2 output patch: cin*cout*4 MACs per input pixel
-            macs += widths[level + 1] * widths[level] * 4 * sizes[level + 1][0] * sizes[level + 1][1]
-        else:
-            macs += conv(widths[level + 1], widths[level], 1, sh, sw)
-        n, _, _ = unit(2 * widths[level], widths[level], 1, sh, sw)
-        macs += n
-    macs += conv(widths[0], config.num_classes, 1, h, w)
-    return 2.0 * macs / 1e9
 
 
 def count_parameters(model: Any, *, trainable_only: bool = False) -> int:
@@ -188,123 +51,165 @@ def count_parameters(model: Any, *, trainable_only: bool = False) -> int:
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only))
 
 
-def _build_module_classes() -> tuple[type, type]:
-    """Define the torch classes on first use, so that importing this module does not import torch."""
-    import torch
-    from torch import nn
+class PreActUnit(nn.Module):
+    """Pre-activation residual unit: BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3 + (projected) shortcut."""
 
-    class ResUnit(nn.Module):
-        """Pre-activation residual unit: BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3 + (projected) shortcut."""
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=True)
+        self.shortcut: nn.Module
+        if cin != cout or stride != 1:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+        else:
+            self.shortcut = nn.Identity()
 
-        def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-            super().__init__()
-            self.bn1 = nn.BatchNorm2d(cin)
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=True)
-            self.shortcut: nn.Module
-            if cin != cout or stride != 1:
-                self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
-            else:
-                self.shortcut = nn.Identity()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(torch.relu(self.bn1(x)))
+        y = self.conv2(torch.relu(self.bn2(y)))
+        return y + self.shortcut(x)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = self.conv1(torch.relu(self.bn1(x)))
-            y = self.conv2(torch.relu(self.bn2(y)))
-            return y + self.shortcut(x)
 
-    class ResUNet(nn.Module):
-        """The network; ``ResUNet(config)`` maps (N, K, h, w) float input to (N, num_classes, h, w) logits.
+class ConvBnReluUnit(nn.Module):
+    """Residual unit with BatchNorm after each convolution: conv-BN-ReLU-conv-BN (+ shortcut) -> ReLU."""
 
-        Args:
-            config: architecture; ``ResUNetConfig()`` (the default model) when None.
-        """
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1: nn.Module = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2: nn.Module = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module
+        if cin != cout or stride != 1:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        else:
+            self.shortcut = nn.Identity()
 
-        def __init__(self, config: ResUNetConfig | None = None) -> None:
-            super().__init__()
-            config = ResUNetConfig() if config is None else config
-            if not isinstance(config, ResUNetConfig):
-                raise TypeError(f"config must be a ResUNetConfig, got {type(config).__name__}")
-            self.config = config
-            widths = config.widths
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + self.shortcut(x))
+
+
+# Kept for code that named the first unit type.
+ResUnit = PreActUnit
+
+
+class ResUNet(nn.Module):
+    """The network; ``ResUNet(config)`` maps (N, K, h, w) float input to (N, num_classes, h, w) logits.
+
+    Args:
+        config: architecture; ``ResUNetConfig()`` when None.
+    """
+
+    def __init__(self, config: ResUNetConfig | None = None) -> None:
+        super().__init__()
+        config = ResUNetConfig() if config is None else config
+        if not isinstance(config, ResUNetConfig):
+            raise TypeError(f"config must be a ResUNetConfig, got {type(config).__name__}")
+        self.config = config
+        widths = config.widths
+        post = config.block == "conv_bn_relu"
+        unit_cls: type[nn.Module] = ConvBnReluUnit if post else PreActUnit
+        if post:
+            self.stem: nn.Module = nn.Sequential(
+                nn.Conv2d(config.in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
+                nn.ReLU(),
+            )
+        else:
             self.stem = nn.Conv2d(config.in_channels, widths[0], 3, padding=1, bias=True)
-            self.encoder = nn.ModuleList()
-            for level in range(config.depth + 1):
-                units = []
-                for u in range(config.units_per_stage):
-                    cin = (widths[0] if level == 0 else widths[level - 1]) if u == 0 else widths[level]
-                    stride = 2 if (u == 0 and level > 0) else 1
-                    units.append(ResUnit(cin, widths[level], stride))
-                self.encoder.append(nn.Sequential(*units))
-            self.upsamplers = nn.ModuleList()
-            self.decoder = nn.ModuleList()
-            for level in range(config.depth - 1, -1, -1):
-                if config.upsample == "transpose":
-                    up: nn.Module = nn.ConvTranspose2d(widths[level + 1], widths[level], 2, stride=2)
-                else:
-                    up = nn.Sequential(
-                        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                        nn.Conv2d(widths[level + 1], widths[level], 1),
-                    )
-                self.upsamplers.append(up)
-                self.decoder.append(ResUnit(2 * widths[level], widths[level]))
-            self.head_bn = nn.BatchNorm2d(widths[0])
-            self.head = nn.Conv2d(widths[0], config.num_classes, 1)
-            self._init_weights()
+        self.encoder = nn.ModuleList()
+        for level in range(config.depth + 1):
+            units = []
+            for u in range(config.units_per_stage):
+                cin = (widths[0] if level == 0 else widths[level - 1]) if u == 0 else widths[level]
+                stride = 2 if (u == 0 and level > 0) else 1
+                units.append(unit_cls(cin, widths[level], stride))
+            self.encoder.append(nn.Sequential(*units))
+        self.upsamplers = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for level in range(config.depth - 1, -1, -1):
+            if config.upsample == "transpose":
+                up: nn.Module = nn.ConvTranspose2d(widths[level + 1], widths[level], 2, stride=2)
+            else:
+                up = nn.Sequential(
+                    nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                    nn.Conv2d(widths[level + 1], widths[level], 1),
+                )
+            self.upsamplers.append(up)
+            self.decoder.append(unit_cls(2 * widths[level], widths[level]))
+        # conv_bn_relu units end in ReLU, so the head reads activations directly; preact units need BN-ReLU first.
+        self.head_bn: nn.Module = nn.Identity() if post else nn.BatchNorm2d(widths[0])
+        self._head_relu = not post
+        self.head = nn.Conv2d(widths[0], config.num_classes, 1)
+        self._init_weights()
 
-        def _init_weights(self) -> None:
-            for m in self.modules():
-                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            """(N, K, h, w) float -> (N, num_classes, h, w) logits."""
-            if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
-                # shape checks on concrete tensors only: an exported graph keeps no Python branches
-                if x.dim() != 4 or x.shape[1] != self.config.in_channels:
-                    raise ValueError(
-                        f"input must be (N, {self.config.in_channels}, h, w), got {tuple(x.shape)}"
-                    )
-                check_plane_size(self.config, (int(x.shape[2]), int(x.shape[3])))
-            y = self.stem(x)
-            skips = []
-            for stage in self.encoder:
-                y = stage(y)
-                skips.append(y)
-            y = skips.pop()
-            for up, unit in zip(self.upsamplers, self.decoder):
-                y = unit(torch.cat([up(y), skips.pop()], dim=1))
-            return self.head(torch.relu(self.head_bn(y)))
-
-    ResUNet.__module__ = __name__
-    ResUnit.__module__ = __name__
-    return ResUnit, ResUNet
-
-
-_CLASSES: tuple[type, type] | None = None
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, K, h, w) float -> (N, num_classes, h, w) logits."""
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            # shape checks on concrete tensors only: an exported graph keeps no Python branches
+            if x.dim() != 4 or x.shape[1] != self.config.in_channels:
+                raise ValueError(f"input must be (N, {self.config.in_channels}, h, w), got {tuple(x.shape)}")
+            check_plane_size(self.config, (int(x.shape[2]), int(x.shape[3])))
+        y = self.stem(x)
+        skips = []
+        for stage in self.encoder:
+            y = stage(y)
+            skips.append(y)
+        y = skips.pop()
+        for up, unit in zip(self.upsamplers, self.decoder):
+            y = unit(torch.cat([up(y), skips.pop()], dim=1))
+        y = self.head_bn(y)
+        if self._head_relu:
+            y = torch.relu(y)
+        return self.head(y)
 
 
-def _classes() -> tuple[type, type]:
-    global _CLASSES
-    if _CLASSES is None:
-        _CLASSES = _build_module_classes()
-    return _CLASSES
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution equal to ``bn(conv(x))`` in eval mode (BatchNorm's running statistics folded in)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    return fuse_conv_bn_eval(conv.eval(), bn.eval())
 
 
-def __getattr__(name: str) -> Any:
-    # ResUNet and ResUnit are torch classes built on first access, so `import resunet_trt.model` stays torch-free.
-    if name == "ResUNet":
-        return _classes()[1]
-    if name == "ResUnit":
-        return _classes()[0]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def fold_batchnorm(model: ResUNet) -> ResUNet:
+    """An eval-mode copy of a ``conv_bn_relu`` ResUNet with every BatchNorm folded into the convolution before it.
+
+    The copy computes the same function as ``model.eval()`` (up to float rounding) with no BatchNorm left: what the
+    ONNX export writes, so that INT8 Q/DQ sees conv(+bias)-ReLU. A ``preact`` model is returned as an eval-mode copy
+    unchanged (its BatchNorms precede their convolutions and cannot fold).
+    """
+    if not isinstance(model, ResUNet):
+        raise TypeError(f"model must be a ResUNet, got {type(model).__name__}")
+    folded = copy.deepcopy(model).eval()
+    if folded.config.block != "conv_bn_relu":
+        return folded
+    stem = folded.stem
+    assert isinstance(stem, nn.Sequential)  # noqa: S101 - built so above for conv_bn_relu
+    folded.stem = nn.Sequential(_fold(stem[0], stem[1]), stem[2])
+    for unit in folded.modules():
+        if isinstance(unit, ConvBnReluUnit):
+            unit.conv1 = _fold(unit.conv1, unit.bn1)
+            unit.bn1 = nn.Identity()
+            unit.conv2 = _fold(unit.conv2, unit.bn2)
+            unit.bn2 = nn.Identity()
+            if isinstance(unit.shortcut, nn.Sequential):
+                unit.shortcut = _fold(unit.shortcut[0], unit.shortcut[1])
+    return folded
 
 
 def is_resunet(obj: Any) -> bool:
     """True when ``obj`` is a :class:`ResUNet` module."""
-    return isinstance(obj, _classes()[1])
+    return isinstance(obj, ResUNet)
 
 
 def save_checkpoint(
@@ -329,8 +234,6 @@ def save_checkpoint(
     Returns:
         the path written.
     """
-    import torch
-
     inner = getattr(model, "module", model)
     inner = getattr(inner, "_orig_mod", inner)
     if not is_resunet(inner):
@@ -386,8 +289,6 @@ def load_checkpoint(
     Returns:
         (model in eval mode, metadata). The checkpoint's ``extra`` dict is merged into ``metadata.extra``.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -407,18 +308,22 @@ def load_checkpoint(
     meta_dict["extra"] = extra
     metadata = ModelMetadata.from_dict(meta_dict, source=str(path))
     config = ResUNetConfig.from_dict(metadata.model_config)
-    model = _classes()[1](config)
+    model = ResUNet(config)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, metadata
 
 
 __all__ = [
+    "BLOCKS",
     "DEFAULT_MODEL_NOTE",
+    "ConvBnReluUnit",
+    "PreActUnit",
     "ResUNet",
     "ResUNetConfig",
     "check_plane_size",
     "count_parameters",
+    "fold_batchnorm",
     "gflops_per_slice",
     "load_checkpoint",
     "save_checkpoint",
