@@ -1,14 +1,23 @@
-"""Inference backends behind one interface: TensorRT (.plan), ONNX Runtime (.onnx) and PyTorch (.pt).
+"""Inference backends behind one interface: TensorRT (.plan), OpenVINO and ONNX Runtime (.onnx), PyTorch (.pt).
 
 >>> from resunet_trt.backends import open_backend
 >>> with open_backend("model.int8.onnx", device="cpu") as backend:   # doctest: +SKIP
 ...     logits = backend.infer(batch)                                  # (N, K, h, w) -> (N, C, h, w)
 
-The file type picks the backend: ``.plan``/``.engine`` -> TensorRT, ``.onnx`` -> ONNX Runtime, ``.pt``/``.pth`` ->
-PyTorch. With no file, the bundled default model is used, in the fastest form available for the device:
+The file type picks the backend: ``.plan``/``.engine`` -> TensorRT, ``.pt``/``.pth`` -> PyTorch, ``.onnx`` ->
+OpenVINO on the CPU when it is installed, else ONNX Runtime (the portable runtime: ARM, macOS, GPUs). With no
+file, the bundled default model is used, in the fastest form available for the device; on the CPU the order is
+:data:`CPU_ORDER` (measured with benchmarks/bench_backends.py, see benchmarks/results/backends_cpu.json):
 
-- CPU: the INT8 ONNX on ONNX Runtime, then the fp32 ONNX, then the checkpoint on PyTorch (measured order on a
-  2-core Xeon, see benchmarks/results/backends_cpu.json);
+1. the INT8 ONNX on OpenVINO (integer convolutions on VNNI/AMX: the fastest by far);
+2. the fp32 ONNX on OpenVINO (with ``precision="bf16"``: bf16 where the CPU has it);
+3. the fp32 ONNX on ONNX Runtime. Not the INT8 file: on ONNX Runtime it is no faster than fp32 for this
+   network (its pre-activation BN-ReLU units leave most convolutions unfused around the Q/DQ pairs), so it only
+   costs accuracy. It stays available by name or with ``precision="int8"``;
+4. the checkpoint on PyTorch.
+
+``precision`` narrows the choice: ``"int8"`` takes the INT8 file, ``"bf16"`` the fp32 file on OpenVINO,
+``"fp32"`` the fp32 file. :func:`resunet_trt.show_config` prints the order and what is installed.
 - GPU: the checkpoint on PyTorch with fp16 autocast, then the fp32 ONNX on ONNX Runtime's CUDA provider (a
   TensorRT engine is specific to a GPU and TensorRT release, so it is never bundled: build one with
   ``resunet-build`` and pass the .plan).
@@ -34,6 +43,19 @@ DEFAULT_MODEL_FILES = {
     "fp16": "resunet_default.fp16.onnx",
     "int8": "resunet_default.int8.onnx",
 }
+#: (backend, bundled model kind) tried in this order on the CPU for the default model; see the module docstring.
+CPU_ORDER: tuple[tuple[str, str], ...] = (
+    ("openvino", "int8"),
+    ("openvino", "onnx"),
+    ("onnxruntime", "onnx"),
+    ("onnxruntime", "int8"),
+    ("torch", "pt"),
+)
+#: Precision each bundled kind runs in by default (OpenVINO may run the fp32 file in bf16 on request).
+_KIND_PRECISION = {"pt": "fp32", "onnx": "fp32", "fp16": "fp16", "int8": "int8"}
+#: Backends that can run an .onnx file, best first on the CPU.
+ONNX_BACKENDS = ("openvino", "onnxruntime")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 SUFFIX_BACKEND = {
     ".plan": "tensorrt",
     ".engine": "tensorrt",
@@ -44,12 +66,14 @@ SUFFIX_BACKEND = {
 INSTALL_HINTS = {
     "tensorrt": "TensorRT is not installed: on a machine with an NVIDIA GPU, pip install tensorrt-cu12 (or "
     "tensorrt-cu13) and cupy-cuda12x (or cupy-cuda13x); it cannot run on a CPU-only machine",
+    "openvino": "OpenVINO is not installed: pip install resunet-trt[openvino] (x86 CPUs)",
     "onnxruntime": "ONNX Runtime is not installed: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)",
     "torch": "PyTorch is not installed: see https://pytorch.org/get-started/locally/",
 }
 
 __all__ = [
     "BACKEND_NAMES",
+    "CPU_ORDER",
     "Backend",
     "available_backends",
     "backend_for_path",
@@ -68,7 +92,7 @@ def _installed(name: str) -> bool:
 
 
 def available_backends() -> list[str]:
-    """Installed backends, fastest first: a subset of ``["tensorrt", "onnxruntime", "torch"]``.
+    """Installed backends, fastest first: a subset of ``["tensorrt", "openvino", "onnxruntime", "torch"]``.
 
     TensorRT counts only when the real library (not just its type stubs) and CuPy are importable.
     """
@@ -97,7 +121,8 @@ def default_model_path(kind: str = "pt") -> Path:
 
 
 def backend_for_path(path: str | os.PathLike[str]) -> str:
-    """The backend a model file needs, from its suffix.
+    """The backend family a model file needs, from its suffix (``"onnxruntime"`` for .onnx, which OpenVINO also
+    runs: see :func:`open_backend`).
 
     Raises:
         ValueError: for an unknown suffix.
@@ -125,6 +150,8 @@ def _gpu_capable(backend: str) -> bool:
     """Can the installed library run ``backend`` on a GPU?"""
     if backend == "tensorrt":
         return _installed("tensorrt")
+    if backend == "openvino":
+        return False
     if backend == "onnxruntime":
         from .onnxruntime import cuda_provider_available
 
@@ -148,84 +175,139 @@ def _require(name: str) -> None:
         raise ImportError(INSTALL_HINTS[name])
 
 
-def _default_candidates(device: str) -> list[tuple[str, str]]:
-    """(backend, default model kind), best first, for a device.
-
-    On the CPU the fp32 ONNX comes first: with ONNX Runtime it is both faster than the INT8 variant for this
-    network (its pre-activation BN-ReLU units leave most convolutions unfused around the Q/DQ pairs) and closer to
-    the trained model; ``benchmarks/bench_backends.py`` measures both. The INT8 file stays available by name.
-    """
+def _default_candidates(device: str, precision: str = "auto") -> list[tuple[str, str]]:
+    """(backend, default model kind), best first, for a device and a wanted precision (see the module docstring)."""
     if device.startswith("cuda"):
-        return [("torch", "pt"), ("onnxruntime", "onnx")]
-    return [("onnxruntime", "onnx"), ("onnxruntime", "int8"), ("torch", "pt")]
+        order = [("torch", "pt"), ("onnxruntime", "onnx")]
+    else:
+        order = list(CPU_ORDER)
+    if precision == "auto":
+        return order
+    if precision == "bf16":
+        return [(name, kind) for name, kind in order if name == "openvino" and kind == "onnx"]
+    return [(name, kind) for name, kind in order if _KIND_PRECISION[kind] == precision]
+
+
+def _check_precision(precision: str | None) -> str:
+    if precision is None:
+        return "auto"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} or None, got {precision!r}")
+    return precision
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
 
 
 def open_backend(
-    model: str | os.PathLike[str] | None = None, *, backend: str = "auto", device: str = "auto"
+    model: str | os.PathLike[str] | None = None,
+    *,
+    backend: str = "auto",
+    device: str = "auto",
+    threads: int | None = None,
+    precision: str | None = None,
 ) -> Backend:
     """Open a model file (or the bundled default) on the right backend.
 
     Args:
         model: a .plan, .onnx or .pt file; None for the bundled default model.
         backend: ``"auto"`` (from the file type, or the fastest available for the default model), or one of
-            ``"tensorrt"``, ``"onnxruntime"``, ``"torch"`` (must match the file type).
+            ``"tensorrt"``, ``"openvino"``, ``"onnxruntime"``, ``"torch"`` (must fit the file type). An .onnx
+            file on the CPU goes to OpenVINO when it is installed, else to ONNX Runtime.
         device: ``"auto"`` (the first GPU when the backend can use one, else the CPU), ``"cpu"``, ``"cuda[:N]"``.
+        threads: CPU inference threads for the OpenVINO, ONNX Runtime and PyTorch backends (None: the
+            library's default, about one per core).
+        precision: None/``"auto"`` (the file's, or the fastest for the default model), ``"fp32"``, ``"bf16"``
+            (OpenVINO on a CPU with bf16; elsewhere fp32 with a logged warning) or ``"int8"`` (an INT8 file).
 
     Returns:
         An open :class:`Backend`; close it (or use ``with``) to free its memory.
 
     Raises:
-        ValueError: on an unknown backend, device or file type, or a backend that does not match the file.
+        ValueError: on an unknown backend, device, precision or file type, a backend that does not match the
+            file, or a precision the file and backend cannot give.
         ImportError: when the needed library is not installed (the message says how to install it).
         FileNotFoundError: when the file (or, with ``model=None``, every usable default file) is missing.
     """
     _check_backend_name(backend)
+    _check_threads(threads)
+    wanted = _check_precision(precision)
     if model is None:
-        return _open_default(backend, device)
+        return _open_default(backend, device, threads, wanted)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a path or None, got {type(model).__name__}")
     path = Path(model)
     needed = backend_for_path(path)
-    if backend not in ("auto", needed):
+    fits = ONNX_BACKENDS if needed == "onnxruntime" else (needed,)
+    if backend not in ("auto", *fits):
         raise ValueError(f"{path.name} is a {needed} model file; it cannot run on backend={backend!r}")
+    if backend == "auto" and needed == "onnxruntime":
+        needed = _onnx_backend(device, wanted)
+    elif backend != "auto":
+        needed = backend
     _require(needed)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     dev = _resolve_device(device, needed)
     if needed == "tensorrt" and not dev.startswith("cuda"):
         raise ValueError(f"a TensorRT engine runs on a CUDA device, got device={device!r}")
+    if needed == "openvino" and dev != "cpu":
+        raise ValueError(f"the openvino backend runs on the CPU, got device={device!r}")
     logger.info("opening %s with backend %s on %s", path, needed, dev)
-    return _construct(needed, path, dev)
+    return _construct(needed, path, dev, threads, wanted)
 
 
-def _construct(name: str, path: Path, device: str) -> Backend:
+def _onnx_backend(device: str, precision: str) -> str:
+    """OpenVINO for an .onnx file on the CPU when installed (and always for bf16), else ONNX Runtime."""
+    on_cpu = device == "cpu" or (device == "auto" and not (cuda_device_count() > 0 and _gpu_capable("onnxruntime")))
+    if on_cpu and (_installed("openvino") or precision == "bf16"):
+        return "openvino"
+    return "onnxruntime"
+
+
+def _construct(name: str, path: Path, device: str, threads: int | None = None, precision: str = "auto") -> Backend:
+    if name == "openvino":
+        from .openvino import OpenVinoBackend
+
+        return OpenVinoBackend(path, device=device, threads=threads, precision=precision)
+    opened: Backend
     if name == "tensorrt":
         from .tensorrt import TensorRTBackend
 
-        return TensorRTBackend(path, device=device)
-    if name == "onnxruntime":
+        opened = TensorRTBackend(path, device=device)
+    elif name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, device=device)
-    from .torch import TorchBackend
+        opened = OnnxRuntimeBackend(path, device=device, threads=threads if device == "cpu" else None)
+    else:
+        from .torch import TorchBackend
 
-    return TorchBackend(path, device=device)
+        opened = TorchBackend(path, device=device, threads=threads if device == "cpu" else None)
+    if precision != "auto" and opened.precision != precision:
+        opened.close()
+        hint = " (bf16 runs on the openvino backend)" if precision == "bf16" else ""
+        raise ValueError(
+            f"precision={precision!r} asked for, but {path.name} runs in {opened.precision} on {name}{hint}"
+        )
+    return opened
 
 
-def _open_default(backend: str, device: str) -> Backend:
+def _open_default(backend: str, device: str, threads: int | None = None, precision: str = "auto") -> Backend:
     if backend == "tensorrt":
         raise ValueError(
             "there is no bundled TensorRT engine (a plan is tied to one GPU and TensorRT release): build one with "
             "`resunet-build model.onnx -o model.plan` and pass model='model.plan'"
         )
-    names = [backend] if backend != "auto" else [n for n in ("onnxruntime", "torch")]
+    names = [backend] if backend != "auto" else [n for n in ("openvino", "onnxruntime", "torch")]
     if device == "auto":
         gpu = cuda_device_count() > 0 and any(_installed(n) and _gpu_capable(n) for n in names)
         dev = "cuda:0" if gpu else "cpu"
     else:
         dev = parse_device(device)
     problems: list[str] = []
-    for name, kind in _default_candidates(dev):
+    for name, kind in _default_candidates(dev, precision):
         if name not in names:
             continue
         if not _installed(name):
@@ -240,7 +322,9 @@ def _open_default(backend: str, device: str) -> Backend:
             problems.append(str(exc))
             continue
         logger.info("default model: %s on backend %s, device %s (fastest available)", path.name, name, dev)
-        return _construct(name, path, dev)
+        return _construct(name, path, dev, threads, precision)
+    if not problems:
+        problems.append(f"precision={precision!r} is not offered by {', '.join(names)} on {dev}")
     raise FileNotFoundError(
         f"no usable default model for backend={backend!r} on {dev}: " + "; ".join(dict.fromkeys(problems))
     )

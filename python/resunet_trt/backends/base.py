@@ -21,7 +21,7 @@ from ..metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
-BACKEND_NAMES = ("tensorrt", "onnxruntime", "torch")
+BACKEND_NAMES = ("tensorrt", "openvino", "onnxruntime", "torch")
 
 
 def parse_device(device: str) -> str:
@@ -74,7 +74,7 @@ class Backend(abc.ABC):
     """A loaded model that turns network input into logits.
 
     Attributes:
-        name: ``"tensorrt"``, ``"onnxruntime"`` or ``"torch"``.
+        name: ``"tensorrt"``, ``"openvino"``, ``"onnxruntime"`` or ``"torch"``.
         device: ``"cpu"`` or ``"cuda:N"``.
         metadata: how the model is fed (plane size, context, window, classes, precision).
         input_dtype: the numpy dtype the model wants (float32 or float16); other float inputs are cast.
@@ -107,9 +107,15 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(device={self.device!r}, precision={self.metadata.precision!r}, "
+            f"{type(self).__name__}(device={self.device!r}, precision={self.precision!r}, "
             f"plane={tuple(self.metadata.plane_size)}, context={self.metadata.context})"
         )
+
+    @property
+    def precision(self) -> str:
+        """What the network runs in: the model file's precision unless the backend changes it (OpenVINO bf16,
+        PyTorch fp16 autocast)."""
+        return self.metadata.precision
 
     # -- helpers for implementations ---------------------------------------------------------------
     def expected_shape(self, n: int) -> tuple[int, int, int, int]:
