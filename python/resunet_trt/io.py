@@ -165,6 +165,18 @@ class DiskGeometry:
         """On-disk (i, j, k) array -> canonical (D, H, W) view (axes permuted and flipped, no copy)."""
         return apply_orientation(disk_array, self._to_canonical)
 
+    def disk_axis_in_canonical(self, axis: int) -> tuple[int, bool]:
+        """Where on-disk axis ``axis`` (0 = i, 1 = j, 2 = k) lies in the canonical grid.
+
+        Returns:
+            (canonical axis 0 = d, 1 = h, 2 = w; True when the canonical index runs against the on-disk one,
+            i.e. disk index ``n - 1 - c`` for canonical index ``c``).
+        """
+        if axis not in (0, 1, 2):
+            raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
+        canon_axis, flip = self._to_canonical[axis]
+        return int(canon_axis), bool(flip < 0)
+
     def from_canonical(self, array: np.ndarray) -> np.ndarray:
         """Canonical (D, H, W) array -> on-disk (i, j, k) view, the inverse of :meth:`to_canonical`."""
         return apply_orientation(array, ornt_transform(_CANONICAL_ORNT, self.orientation))
@@ -574,6 +586,14 @@ def _load_dicom_series(folder: Path, *, series_uid: str | None) -> CTVolume:
     if modalities != {"CT"}:
         raise ValueError(f"{folder}: modality {sorted(modalities)} is not CT")
     for file, ds in slices:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
+            raise ValueError(
+                f"{folder}: {file.name} is a multi-frame image ({_sop_class_name(ds)}, {frames} frames); only "
+                "series of single-frame CT slices are read: convert it to NIfTI (dcm2niix) or to single-frame "
+                "slices first"
+            )
+    for file, ds in slices:
         missing = [
             tag
             for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
@@ -650,8 +670,21 @@ def _load_dicom_series(folder: Path, *, series_uid: str | None) -> CTVolume:
             "series_uid": str(first.get("SeriesInstanceUID", "")),
             "series_description": str(first.get("SeriesDescription", "")),
             "n_files": len(slices),
+            "study_uid": str(first.get("StudyInstanceUID", "")),
+            "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
+            # Per source slice, in the on-disk slice order k (ascending along the slice normal): what a
+            # DICOM-SEG references and where its frames sit. geometry.disk_axis_in_canonical(2) maps k to
+            # the canonical grid.
+            "files": tuple(str(file) for file, _ in slices),
+            "sop_instance_uids": tuple(str(ds.get("SOPInstanceUID", "")) for _, ds in slices),
+            "image_positions_lps": tuple(tuple(float(v) for v in pos) for pos in positions),
         },
     )
+
+
+def _sop_class_name(ds: Any) -> str:
+    uid = ds.get("SOPClassUID")
+    return str(getattr(uid, "name", uid)) if uid else "unknown SOP class"
 
 
 def _series_listing(series: dict[str, list[tuple[Path, Any]]]) -> str:

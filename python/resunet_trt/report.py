@@ -43,6 +43,9 @@ class Lesion:
         centroid_world_mm: (x, y, z) RAS mm of the centroid.
         bbox: ((d0, h0, w0), (d1, h1, w1)), inclusive voxel index bounds, canonical grid.
         mean_hu: mean CT value over the component's voxels.
+        largest_slice: index k, in the input file's own slice order (its third on-disk axis; for a DICOM
+            series, the slice order of ``volume.meta["sop_instance_uids"]``), of the slice holding the most
+            voxels of the lesion (the first such slice on a tie); None when not measured.
     """
 
     id: int
@@ -53,6 +56,7 @@ class Lesion:
     centroid_world_mm: tuple[float, float, float]
     bbox: tuple[tuple[int, int, int], tuple[int, int, int]]
     mean_hu: float
+    largest_slice: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
@@ -109,9 +113,14 @@ def build_lesions(stats: Mapping[str, Any], *, volume: CTVolume) -> list[Lesion]
     spacing = tuple(float(s) for s in volume.spacing)
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
     lesions = []
+    slice_axis, slice_reversed = volume.geometry.disk_axis_in_canonical(2) if volume.geometry else (0, False)
+    other_axes = tuple(a for a in range(3) if a != slice_axis)
     for i in range(count):
         box = tuple(slice(int(bbox[i, a] - lo[a]), int(bbox[i, a + 3] - lo[a])) for a in range(3))
         mask = components[box] == i + 1
+        widest = int(bbox[i, slice_axis]) + int(np.argmax(mask.sum(axis=other_axes)))
+        if slice_reversed:
+            widest = volume.hu.shape[slice_axis] - 1 - widest
         c = tuple(float(v) for v in centroid[i])
         lesions.append(
             Lesion(
@@ -126,6 +135,7 @@ def build_lesions(stats: Mapping[str, Any], *, volume: CTVolume) -> list[Lesion]
                     (int(bbox[i, 3]) - 1, int(bbox[i, 4]) - 1, int(bbox[i, 5]) - 1),
                 ),
                 mean_hu=float(hu[box][mask].mean(dtype=np.float64)),
+                largest_slice=widest,
             )
         )
     return lesions
@@ -145,11 +155,20 @@ def build_report(result: Result, *, case: str | None = None) -> dict[str, Any]:
 
         case = case_name(source)
     lesions = [les.to_dict() for les in result.lesions]
+    meta = getattr(volume, "meta", None) or {}
+    dicom = meta.get("format") == "dicom"
+    if dicom:  # a viewer jumps to a lesion by its slice's SOPInstanceUID
+        uids = meta.get("sop_instance_uids") or ()
+        for entry, les in zip(lesions, result.lesions):
+            k = les.largest_slice
+            entry["largest_slice_sop_instance_uid"] = uids[k] if k is not None and k < len(uids) else None
     return {
         "schema": REPORT_SCHEMA,
         "resunet_trt": __version__,
         "case": case,
         "source": None if source is None else os.fspath(source),
+        "study_instance_uid": (meta.get("study_uid") or None) if dicom else None,
+        "series_instance_uid": (meta.get("series_uid") or None) if dicom else None,
         "shape_dhw": [int(n) for n in volume.hu.shape],
         "spacing_mm_dhw": [float(s) for s in volume.spacing],
         "coordinates": {
