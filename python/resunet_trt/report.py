@@ -29,6 +29,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 REPORT_SCHEMA = 1
 
+#: Whole adult livers measure about 1 to 3 L; a segmented volume outside this range (mL) is not believable as a
+#: whole liver: a voxel size that is wrong in the header, a scan covering part of the liver, or a failure.
+PLAUSIBLE_LIVER_ML = (300.0, 6000.0)
+#: Voxel sizes (mm) of clinical CT; outside this range the header's spacing is more likely wrong than the scan.
+PLAUSIBLE_VOXEL_MM = (0.2, 10.0)
+
 
 @dataclass(frozen=True)
 class Lesion:
@@ -141,6 +147,36 @@ def build_lesions(stats: Mapping[str, Any], *, volume: CTVolume) -> list[Lesion]
     return lesions
 
 
+def plausibility_warnings(liver_volume_ml: float, spacing: Sequence[float]) -> list[str]:
+    """Why a result is physically implausible, one sentence each (empty when nothing is).
+
+    The one place the limits live: :data:`PLAUSIBLE_LIVER_ML` for the liver (including tumor) and
+    :data:`PLAUSIBLE_VOXEL_MM` for each voxel size. A reader should doubt such a result before its numbers.
+
+    Args:
+        liver_volume_ml: segmented liver volume in mL (labels >= 1).
+        spacing: (dz, dy, dx) voxel size in mm.
+
+    Returns:
+        list of warning texts.
+    """
+    out = []
+    lo_mm, hi_mm = PLAUSIBLE_VOXEL_MM
+    odd = [f"{axis} {float(s):g} mm" for axis, s in zip(("dz", "dy", "dx"), spacing) if not lo_mm <= s <= hi_mm]
+    if odd:
+        out.append(
+            f"voxel size {', '.join(odd)} is outside {lo_mm:g}-{hi_mm:g} mm, unusual for CT: check the file's "
+            "spacing, every volume in mL depends on it"
+        )
+    lo_ml, hi_ml = PLAUSIBLE_LIVER_ML
+    if not lo_ml <= float(liver_volume_ml) <= hi_ml:
+        out.append(
+            f"liver volume {float(liver_volume_ml):.1f} mL is outside {lo_ml:g}-{hi_ml:g} mL, implausible for a "
+            "whole adult liver: check the voxel size, the scan's coverage of the liver, and the mask"
+        )
+    return out
+
+
 def build_report(result: Result, *, case: str | None = None) -> dict[str, Any]:
     """The JSON-ready report of one segmented case.
 
@@ -181,6 +217,7 @@ def build_report(result: Result, *, case: str | None = None) -> dict[str, Any]:
         "tumor_burden": float(result.tumor_burden),
         "lesion_count": len(lesions),
         "lesions": lesions,
+        "warnings": plausibility_warnings(result.liver_volume_ml, volume.spacing),
         "model": dict(result.info),
         "timings_s": {k: float(v) for k, v in result.timings.items()},
     }

@@ -160,6 +160,45 @@ def case_name(path: str | os.PathLike[str]) -> str:
     return name
 
 
+#: What :meth:`Segmenter.segment_files` appends to a case name; the longest decides how long a name may be.
+OUTPUT_SUFFIXES = ("_mask.nii.gz", "_seg.dcm", "_overlay.png", "_report.json")
+_NAME_MAX_BYTES = 255  # file-name limit of ext4, XFS, APFS, NTFS (in bytes or UTF-16 units)
+
+
+def output_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Output case names for ``paths``, distinct by construction (also on case-insensitive file systems).
+
+    Each input keeps :func:`case_name` when it is free; a repeated name gets ``_2``, ``_3``... but never a name
+    that another input has on its own (``a/case``, ``b/case``, ``c/case_2`` -> ``case``, ``case_3``,
+    ``case_2``). Names are cut so that every output file name fits the file-system limit of 255 bytes.
+
+    Args:
+        paths: the inputs, in order.
+
+    Returns:
+        one name per input, in order.
+    """
+    limit = _NAME_MAX_BYTES - max(len(s) for s in OUTPUT_SUFFIXES)
+
+    def fit(name: str, room: int) -> str:
+        while name and len(os.fsencode(name)) > room:
+            name = name[:-1]
+        return name
+
+    bases = [fit(case_name(p), limit) for p in paths]
+    own = {b.casefold() for b in bases}
+    taken: set[str] = set()
+    names = []
+    for base in bases:
+        name, k = base, 1
+        while name.casefold() in taken or (k > 1 and name.casefold() in own):
+            k += 1
+            name = fit(base, limit - len(f"_{k}")) + f"_{k}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
 def _dtype_name(dtype: Any) -> str:
     name = np.dtype(dtype).name
     if name not in ("float16", "float32"):
@@ -203,6 +242,22 @@ class Result:
 
         return build_report(self, case=case)
 
+    @property
+    def warnings(self) -> list[str]:
+        """Why this result is physically implausible (:func:`resunet_trt.report.plausibility_warnings`)."""
+        from .report import plausibility_warnings
+
+        return plausibility_warnings(self.liver_volume_ml, self.volume.spacing)
+
+    def __repr__(self) -> str:
+        return (
+            f"Result(labels={_array_summary(self.labels)}, source={getattr(self.volume, 'source', None)!r}, "
+            f"spacing={tuple(round(float(s), 4) for s in self.volume.spacing)}, "
+            f"liver_volume_ml={self.liver_volume_ml:.1f}, tumor_volume_ml={self.tumor_volume_ml:.1f}, "
+            f"tumor_burden={self.tumor_burden:.4f}, lesions={len(self.lesions)}, "
+            f"total_s={self.timings.get('total', 0.0):.2f}, warnings={len(self.warnings)})"
+        )
+
 
 @dataclass
 class FileOutcome:
@@ -224,6 +279,20 @@ class FileOutcome:
     outputs: dict[str, Path] = field(default_factory=dict)
     result: Result | None = None
     summary: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        parts = [f"path={os.fspath(self.path)!r}", f"ok={self.ok}"]
+        if self.error is not None:
+            parts.append(f"error={self.error!r}")
+        parts.append(f"outputs={ {kind: p.name for kind, p in self.outputs.items()} }")
+        if self.summary is not None:
+            keys = ("case", "liver_volume_ml", "tumor_volume_ml", "lesion_count")
+            brief = {k: self.summary[k] for k in keys if k in self.summary}
+            brief["warnings"] = len(self.summary.get("warnings", ()))
+            parts.append(f"summary={brief}")
+        parts.append(f"result={self.result!r}")
+        return f"FileOutcome({', '.join(parts)})"
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,8 +388,12 @@ class Segmenter:
         )
 
     # -- inputs -----------------------------------------------------------------------------------
-    def _as_volume(self, item: Any, spacing: Sequence[float] | None) -> tuple[CTVolume, float]:
-        """Turn a path, CTVolume or bare array into a CTVolume; returns it and the read time in seconds."""
+    def _as_volume(
+        self, item: Any, spacing: Sequence[float] | None, series_uid: str | None = None
+    ) -> tuple[CTVolume, float]:
+        """Turn a path, CTVolume or bare array into a CTVolume; returns it and the read time in seconds.
+
+        ``series_uid`` picks the series of a DICOM folder holding several (files ignore it)."""
         from .io import CTVolume, load_ct
 
         if isinstance(item, (str, os.PathLike)):
@@ -328,7 +401,7 @@ class Segmenter:
                 raise ValueError(f"spacing is only for bare arrays; {os.fspath(item)!r} carries its own")
             t0 = time.perf_counter()
             try:
-                volume = load_ct(item)
+                volume = load_ct(item, series_uid=series_uid if Path(item).is_dir() else None)
             except (OSError, ValueError, TypeError, RuntimeError) as exc:
                 raise _name_file(exc, item) from exc
             return _checked_volume(volume, os.fspath(item)), time.perf_counter() - t0
@@ -386,7 +459,7 @@ class Segmenter:
         liver_ml = counts[0] * voxel_ml
         tumor_ml = counts[1] * voxel_ml
         timings["total"] = t_read + time.perf_counter() - t_start
-        return Result(
+        result = Result(
             labels=labels,
             volume=volume,
             lesions=lesions,
@@ -406,6 +479,9 @@ class Segmenter:
                 "connectivity": self.connectivity,
             },
         )
+        for warning in result.warnings:
+            logger.warning("%s: %s", volume.source or "volume", warning)
+        return result
 
     def segment_batch(self, items: Iterable[Any]) -> list[Result]:
         """Segment several volumes, in order; the next file is read while this one is segmented.
@@ -419,19 +495,21 @@ class Segmenter:
         """
         return [self._segment_volume(*read()) for read in self._prefetched(list(items))]
 
-    def _read_item(self, item: Any) -> tuple[CTVolume, float]:
+    def _read_item(self, item: Any, series_uid: str | None = None) -> tuple[CTVolume, float]:
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], np.ndarray):
             return self._as_volume(item[0], item[1])
-        return self._as_volume(item, None)
+        return self._as_volume(item, None, series_uid)
 
-    def _prefetched(self, items: list[Any]) -> Generator[Callable[[], tuple[CTVolume, float]], None, None]:
+    def _prefetched(
+        self, items: list[Any], series_uid: str | None = None
+    ) -> Generator[Callable[[], tuple[CTVolume, float]], None, None]:
         """Yield, per item, a call returning its (CTVolume, read seconds); item i + 1 is read in a background
         thread while the caller works on item i (reading and decompressing release the GIL)."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="resunet-read") as pool:
-            queued = deque(pool.submit(self._read_item, item) for item in items[:1])
+            queued = deque(pool.submit(self._read_item, item, series_uid) for item in items[:1])
             for i in range(len(items)):
                 if i + 1 < len(items):
-                    queued.append(pool.submit(self._read_item, items[i + 1]))
+                    queued.append(pool.submit(self._read_item, items[i + 1], series_uid))
                 yield queued.popleft().result
 
     def segment_files(
@@ -442,13 +520,16 @@ class Segmenter:
         overlay: bool = False,
         report: bool = True,
         keep_results: bool = True,
+        series_uid: str | None = None,
     ) -> list[FileOutcome]:
         """Segment files and write ``<case>_mask.nii.gz`` (+ ``_report.json``, ``_overlay.png``) into ``out_dir``.
 
         A case that fails (unreadable, not a CT, a failed write) is logged and recorded with its reason; the
         others go on. Every output is written atomically, so a failure leaves no partial file, and the outputs
-        a failed case had already written are removed. Two inputs with the same case name get ``_2``, ``_3``...
-        suffixes.
+        a failed case had already written are removed. Output names are distinct by construction
+        (:func:`output_names`: a repeated case name gets ``_2``, ``_3``...), and a case whose name another case of
+        this call has already written to fails rather than overwrite it. Files left by an earlier call in
+        ``out_dir`` are replaced.
 
         Args:
             paths: NIfTI files and DICOM series folders.
@@ -457,6 +538,7 @@ class Segmenter:
             report: also write the JSON lesion report per case.
             keep_results: keep each case's :class:`Result` (labels and CT) in its outcome; False keeps only
                 the small ``summary``, so that memory does not grow with the number of cases.
+            series_uid: the SeriesInstanceUID to read from DICOM folders that hold several series.
 
         Returns:
             one :class:`FileOutcome` per input, in order.
@@ -466,16 +548,14 @@ class Segmenter:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         items = [Path(p) for p in paths]
-        names: dict[str, int] = {}
+        planned = iter(output_names(items))
+        claimed: set[str] = set()  # case names this call has written under (casefolded)
         outcomes: list[FileOutcome] = []
-        reads = self._prefetched(items)
+        reads = self._prefetched(items, series_uid)
         bar = _progress(items, enabled=self.progress, desc="cases", unit="case")
         for path in bar:
             read = next(reads)
-            name = case_name(path)
-            names[name] = names.get(name, 0) + 1
-            if names[name] > 1:
-                name = f"{name}_{names[name]}"
+            name = next(planned)
             outcome = FileOutcome(path=path, ok=False)
             try:
                 self._in_files = True
@@ -483,6 +563,9 @@ class Segmenter:
                     result = self._segment_volume(*read())
                 finally:
                     self._in_files = False
+                if name.casefold() in claimed:  # never reached with output_names; checked before any write
+                    raise FileExistsError(f"{out / name}_*: written by another input of this run, not overwritten")
+                claimed.add(name.casefold())
                 t0 = time.perf_counter()
                 mask_path = out / f"{name}_mask.nii.gz"
                 save_mask(mask_path, result.labels, like=result.volume)
@@ -675,6 +758,15 @@ class Segmenter:
 # --------------------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------------------
+
+
+def _array_summary(a: Any) -> str:
+    """``uint8(33, 64, 64)``: what a repr shows of an array instead of its values."""
+    shape = getattr(a, "shape", None)
+    dtype = getattr(a, "dtype", None)
+    if shape is None or dtype is None:
+        return type(a).__name__
+    return f"{np.dtype(dtype).name}{tuple(int(n) for n in shape)}"
 
 
 def _checked_volume(volume: CTVolume, what: str) -> CTVolume:

@@ -8,8 +8,11 @@ Examples::
 
 A folder holding NIfTI files is expanded to those files; any other folder is read as one DICOM series. For each
 case ``<case>_mask.nii.gz`` (uint8 in the input's geometry), ``<case>_report.json`` and, with ``--overlay``,
-``<case>_overlay.png`` are written into the output folder. A case that fails is reported and skipped; the exit
-code is 1 when any case failed, 2 for bad arguments or when no input was found.
+``<case>_overlay.png`` are written into the output folder; for a DICOM series also ``<case>_seg.dcm``, a DICOM
+Segmentation (liver, liver tumor) of the source series that files under its study (``--format`` chooses:
+``auto`` writes both masks for DICOM input and the NIfTI otherwise). A case that fails is reported and skipped; the exit
+code is 1 when any case failed, 2 for bad arguments, an unusable output folder or when no input was found, and
+130 when interrupted (Ctrl-C; no partial file is left).
 """
 
 from __future__ import annotations
@@ -86,7 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-lesion-voxels", type=int, default=10, help="smaller tumor components become liver")
     parser.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
     parser.add_argument(
+        "--format",
+        dest="mask_format",
+        default="auto",
+        choices=("auto", "nifti", "dicom-seg", "both"),
+        help="mask format: <case>_mask.nii.gz (nifti), <case>_seg.dcm (dicom-seg, DICOM input only), both; "
+        "auto (default): both for DICOM input, nifti otherwise",
+    )
+    parser.add_argument(
         "--report", action=argparse.BooleanOptionalAction, default=True, help="write <case>_report.json"
+    )
+    parser.add_argument(
+        "--series-uid",
+        default=None,
+        metavar="UID",
+        help="SeriesInstanceUID to read from DICOM folders that hold several series (the error lists them)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -107,7 +124,7 @@ def _summary(outcomes: list, out: Path) -> str:
                     f"{r['tumor_volume_ml']:.1f}",
                     str(r["lesion_count"]),
                     f"{t.get('total', 0.0) + t.get('write', 0.0):.2f}",
-                    o.outputs["mask"].name,
+                    ", ".join(o.outputs[k].name for k in ("mask", "dicom_seg") if k in o.outputs),
                 )
             )
         else:
@@ -119,8 +136,33 @@ def _summary(outcomes: list, out: Path) -> str:
     return "\n".join(lines)
 
 
+def _output_folder_problem(out: Path) -> str | None:
+    """Create the output folder; None when it is usable, else why not (one line, naming the folder as typed)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"output folder {out} is an existing file"
+    except NotADirectoryError:
+        return f"output folder {out}: a part of the path is a file, not a folder"
+    except OSError as exc:
+        return f"cannot create the output folder {out}: {exc.strerror or exc}"
+    if not os.access(out, os.W_OK | os.X_OK):  # also false on a read-only mount, for root too
+        return f"output folder {out} is not writable"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 all ok, 1 a case failed, 2 bad usage)."""
+    """Run the command line; returns the exit code (0 all ok, 1 a case failed, 2 bad usage, 130 Ctrl-C)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Every output is written atomically and a case's outputs are removed when it is cut short, so what
+        # remains in the output folder is whole; only the traceback is worth sparing.
+        print("resunet-seg: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -135,6 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"resunet-seg: {spec}: no file matches", file=sys.stderr)
     if not cases:
         print("resunet-seg: no input to segment", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    problem = _output_folder_problem(out)
+    if problem is not None:
+        print(f"resunet-seg: {problem}", file=sys.stderr)
         return 2
 
     from ..segmenter import Segmenter
@@ -151,9 +198,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
         print(f"resunet-seg: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
     with segmenter:
-        outcomes = segmenter.segment_files(cases, out, overlay=args.overlay, report=args.report, keep_results=False)
+        outcomes = segmenter.segment_files(
+            cases,
+            out,
+            overlay=args.overlay,
+            report=args.report,
+            keep_results=False,
+            series_uid=args.series_uid,
+            mask_format=args.mask_format,
+        )
     print(_summary(outcomes, out))
     return 1 if missing or any(not o.ok for o in outcomes) else 0
 
