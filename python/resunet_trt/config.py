@@ -10,7 +10,18 @@ from typing import Any
 
 from ._version import __version__
 
-_OPTIONAL = ("numpy", "nibabel", "torch", "onnx", "onnxruntime", "tensorrt", "cupy", "pydicom", "scipy")
+_OPTIONAL = (
+    "numpy",
+    "nibabel",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "openvino",
+    "tensorrt",
+    "cupy",
+    "pydicom",
+    "scipy",
+)
 
 
 def _dist_version(name: str) -> str | None:
@@ -70,16 +81,37 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def cpu_backend_order() -> dict[str, str]:
+    """The order in which the default model's CPU backends are tried, each with whether it can run here.
+
+    Returns:
+        ``"<backend> <bundled file>"`` -> ``"installed"`` or ``"not installed"``, first tried first (see
+        :data:`resunet_trt.backends.CPU_ORDER`).
+    """
+    from .backends import CPU_ORDER, DEFAULT_MODEL_FILES, available_backends
+
+    installed = set(available_backends())
+    return {
+        f"{name} {DEFAULT_MODEL_FILES[kind]}": "installed" if name in installed else "not installed"
+        for name, kind in CPU_ORDER
+    }
+
+
 def show_config(file: Any = None) -> dict[str, Any]:
     """Print (and return) the build flags and library versions.
 
     Args:
         file: stream to print to; ``sys.stdout`` when None.
     """
-    info = {"build": build_info(), "versions": versions(), "machine": machine_info()}
+    info = {
+        "build": build_info(),
+        "versions": versions(),
+        "machine": machine_info(),
+        "cpu_backend_order": cpu_backend_order(),
+    }
     stream = file if file is not None else sys.stdout
     print(f"resunet-trt {__version__}", file=stream)
-    for section in ("build", "versions", "machine"):
+    for section in ("build", "versions", "machine", "cpu_backend_order"):
         print(f"{section}:", file=stream)
         for key, value in info[section].items():
             print(f"  {key}: {value}", file=stream)

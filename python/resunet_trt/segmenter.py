@@ -9,9 +9,10 @@ One volume flows through the same steps on both devices::
       -> kernels.postprocess     largest liver component, tumor inside it, small lesions dropped
       -> kernels.lesion_stats    per-lesion numbers -> report.build_lesions
 
-On the CPU the slabs bound the memory: only the label volume and one slab of network input and logits
-exist beside the CT. On a GPU the int16 volume goes up once, in slabs through two pinned host buffers on a
-copy stream, so that the upload of the next slab overlaps the compute of this one (events order the two
+On the CPU the slabs bound the memory and overlap: the network runs one slab in a worker thread while the
+next slab is preprocessed and the previous one decoded, so that pre- and postprocessing hide behind inference;
+beside the CT and the label volume only two slabs of network input and one of logits exist. On a GPU the
+int16 volume goes up once, in slabs through two pinned host buffers on a copy stream, so that the upload of the next slab overlaps the compute of this one (events order the two
 streams); preprocessing, inference, decoding and postprocessing run on our compute stream, and the labels
 come down once. GPU memory is the int16 volume, the labels and one slab of network input and logits,
 whatever the number of slices.
@@ -34,7 +35,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -223,7 +224,8 @@ class Result:
         tumor_burden: tumor volume / liver volume (0.0 when there is no liver).
         timings: seconds per stage, keys :data:`STAGES` (stages that did not run are 0.0); on a GPU the
             device stages come from CUDA events and the upload overlaps the compute, so their sum can exceed
-            the wall time, which is in ``timings["total"]``.
+            the wall time, which is in ``timings["total"]``; on the CPU preprocess and decode run beside the
+            network, so they too can sum past ``timings["slabs_wall"]``, the wall time of those three stages.
         info: backend name, device, model precision, batch size.
     """
 
@@ -306,12 +308,16 @@ class Segmenter:
     Args:
         model: model file (.pt, .onnx or .plan), or None for the bundled default model.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (see :func:`resolve_device`).
-        backend: ``"auto"``, ``"tensorrt"``, ``"onnxruntime"`` or ``"torch"`` (see
+        backend: ``"auto"``, ``"tensorrt"``, ``"openvino"``, ``"onnxruntime"`` or ``"torch"`` (see
             :func:`resunet_trt.backends.open_backend`).
         batch_size: slices per slab (network batch); bounds the memory of the network input and logits.
         min_lesion_voxels: tumor components smaller than this become liver.
         connectivity: 6, 18 or 26, for the liver and lesion components.
         progress: show progress bars (slabs within a volume, cases in :meth:`segment_files`).
+        num_threads: CPU inference threads of the OpenVINO, ONNX Runtime or PyTorch backend (None: the library's
+            default, about one per core).
+        precision: None (the model file's, or the fastest for the default model), ``"fp32"``, ``"bf16"``
+            (OpenVINO) or ``"int8"``; see :func:`resunet_trt.backends.open_backend`.
 
     Raises:
         TypeError/ValueError: a bad argument, named.
@@ -328,6 +334,8 @@ class Segmenter:
         min_lesion_voxels: int = 10,
         connectivity: int = 26,
         progress: bool = False,
+        num_threads: int | None = None,
+        precision: str | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -351,7 +359,11 @@ class Segmenter:
         from .backends import open_backend
 
         self.backend = open_backend(
-            None if model is None else Path(model), backend=backend, device=self.device
+            None if model is None else Path(model),
+            backend=backend,
+            device=self.device,
+            threads=num_threads,
+            precision=precision,
         )
         if self.backend.device.startswith("cuda") != self.device.startswith("cuda"):
             self.backend.close()
@@ -470,7 +482,7 @@ class Segmenter:
             info={
                 "backend": self.backend.name,
                 "device": self.backend.device,
-                "precision": self.metadata.precision,
+                "precision": self.backend.precision,
                 "plane_size": list(self.metadata.plane_size),
                 "context": int(self.metadata.context),
                 "window": list(self.metadata.window),
@@ -625,17 +637,35 @@ class Segmenter:
         depth, height, width = hu.shape
         labels = np.empty((depth, height, width), dtype=np.uint8)
         bar = self.progress and not self._in_files
-        for start, stop in _progress(slabs(depth, self.batch_size), enabled=bar, desc="slabs", leave=False):
-            t0 = time.perf_counter()
-            batch = self._net_input(hu, start, stop)
-            t1 = time.perf_counter()
-            logits = self.backend.infer(batch)
-            t2 = time.perf_counter()
-            labels[start:stop] = kernels.logits_to_labels(logits, out_size=(height, width))
-            t3 = time.perf_counter()
-            timings["preprocess"] += t1 - t0
-            timings["infer"] += t2 - t1
-            timings["decode"] += t3 - t2
+
+        def infer(batch: np.ndarray) -> tuple[Any, float]:
+            t = time.perf_counter()
+            return self.backend.infer(batch), time.perf_counter() - t
+
+        # The stages overlap: the network runs slab i in a worker thread while this thread preprocesses slab
+        # i + 1 and decodes slab i - 1 (every backend and our kernels release the GIL). Alive at once: the
+        # input of the slab in the network, the input being prepared and the logits being decoded.
+        t_loop = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="resunet-infer") as pool:
+            pending: tuple[int, int, Future[tuple[Any, float]]] | None = None
+            for start, stop in _progress(slabs(depth, self.batch_size), enabled=bar, desc="slabs", leave=False):
+                t0 = time.perf_counter()
+                batch = self._net_input(hu, start, stop)
+                timings["preprocess"] += time.perf_counter() - t0
+                previous, logits = pending, None
+                if previous is not None:
+                    logits, t_net = previous[2].result()
+                    timings["infer"] += t_net
+                pending = (start, stop, pool.submit(infer, batch))
+                del batch
+                if previous is not None:
+                    self._decode_cpu(logits, labels, previous[0], previous[1], timings)
+                    del logits
+            if pending is not None:
+                logits, t_net = pending[2].result()
+                timings["infer"] += t_net
+                self._decode_cpu(logits, labels, pending[0], pending[1], timings)
+        timings["slabs_wall"] = time.perf_counter() - t_loop
         t0 = time.perf_counter()
         labels = kernels.postprocess(
             labels, min_lesion_voxels=self.min_lesion_voxels, connectivity=self.connectivity
@@ -646,6 +676,15 @@ class Segmenter:
         tumor_voxels = int(sum(les.voxels for les in lesions))
         timings["postprocess"] = time.perf_counter() - t0
         return labels, lesions, (liver_voxels, tumor_voxels)
+
+    @staticmethod
+    def _decode_cpu(logits: Any, labels: np.ndarray, start: int, stop: int, timings: dict[str, float]) -> None:
+        """Write the labels of slices [start, stop) from their logits (N, C, h, w) into ``labels`` (D, H, W)."""
+        from . import kernels
+
+        t0 = time.perf_counter()
+        labels[start:stop] = kernels.logits_to_labels(logits, out_size=labels.shape[1:])
+        timings["decode"] += time.perf_counter() - t0
 
     # -- GPU path ---------------------------------------------------------------------------------
     def _run_gpu(
