@@ -29,10 +29,9 @@ import os
 import random
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,42 +62,32 @@ from training.losses import LossConfig
 
 logger = logging.getLogger("resunet_trt.train")
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "seed": 0,
-    "run_dir": "runs/default",
-    "data": {
-        "sources": [],
-        "liver_only_sources": [],
-        "val_sources": [],
-        "val_fraction": 0.0,
-        "val_cases": [],
-        "phantoms": {"count": 0, "val_count": 0, "shape": [64, 256, 256], "spacing": [2.5, 1.5, 1.5], "seed": 1000},
-        "cache_dtype": "float16",
-    },
-    "preprocess": {"plane_size": [256, 256], "context": 3, "window": [-200.0, 250.0]},
-    "model": {"base_width": 8, "depth": 5, "max_width": 160, "units_per_stage": 1, "upsample": "transpose"},
-    "sampling": {"samples_per_epoch": 512, "tumor_fraction": 0.3, "liver_fraction": 0.4, "crop_size": None,
-                 "crop_foreground_prob": 0.7},
-    "augment": {},
-    "loss": {},
-    "optim": {
-        "epochs": 40,
-        "batch_size": 8,
-        "lr": 2e-3,
-        "weight_decay": 1e-4,
-        "warmup_epochs": 1.0,
-        "schedule": "cosine",
-        "poly_power": 0.9,
-        "min_lr_ratio": 0.01,
-        "grad_clip": 5.0,
-        "amp": "auto",
-    },
-    "val": {"every": 1, "batch_size": 16, "early_stop_patience": 0, "select_best": True,
-            "on_train_cases": False},
-    "loader": {"workers": 1},
-    "threads": 0,
-    "progress": True,
-}
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "default.yaml"
+
+
+def read_default_config() -> dict[str, Any]:
+    """The training defaults: ``training/configs/default.yaml``, the one place where they are written down."""
+    return read_config_file(DEFAULT_CONFIG_PATH)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping in ``path``.
+
+    Raises:
+        ValueError: the file is missing or does not hold a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: the config must be a YAML mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+DEFAULT_CONFIG: dict[str, Any] = read_default_config()
 
 
 # ---- configuration ------------------------------------------------------------------------------------------
@@ -130,57 +119,67 @@ def apply_override(config: dict[str, Any], text: str) -> None:
         if not isinstance(node.get(p), dict):
             raise ValueError(f"--override {key}: {p!r} is not a config section")  # noqa: TRY004 - user input
         node = node[p]
-    if parts[-1] not in node and parts[0] not in ("augment", "loss"):
+    if parts[-1] not in node:
         raise ValueError(f"--override {key}: unknown key (known here: {sorted(node)})")
     node[parts[-1]] = yaml.safe_load(raw)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """DEFAULT_CONFIG updated by the YAML file at ``path`` and then by ``overrides``."""
-    import yaml
-
-    config = copy.deepcopy(DEFAULT_CONFIG)
+    """The defaults (``training/configs/default.yaml``) updated by the YAML file at ``path``, then by
+    ``overrides``."""
+    config = read_default_config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: the config must be a YAML mapping, got {type(loaded).__name__}")
-        unknown = sorted(set(loaded) - set(DEFAULT_CONFIG))
+        loaded = read_config_file(path)
+        unknown = sorted(set(loaded) - set(config))
         if unknown:
-            raise ValueError(f"{path}: unknown config sections {unknown}; known: {sorted(DEFAULT_CONFIG)}")
+            raise ValueError(f"{path}: unknown config sections {unknown}; known: {sorted(config)}")
         config = deep_update(config, loaded)
     for text in overrides:
         apply_override(config, text)
     return config
 
 
+def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The configuration recorded in ``run_dir/config.yaml`` (for ``--resume``), then ``overrides``.
+
+    Runs recorded before the augmentation and loss values were written out hold ``{}`` there, which meant the
+    dataclass defaults of :class:`AugmentConfig` and :class:`LossConfig`; those values are filled in, so such a
+    run continues with what it started with rather than with today's defaults.
+    """
+    path = Path(run_dir) / "config.yaml"
+    snapshot = read_config_file(path)
+    for key, cls in (("augment", AugmentConfig), ("loss", LossConfig)):
+        if snapshot.get(key) == {}:
+            snapshot[key] = _jsonable(asdict(cls()))
+    unknown = sorted(set(snapshot) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise ValueError(f"{path}: unknown config sections {unknown}; known: {sorted(DEFAULT_CONFIG)}")
+    config = deep_update(DEFAULT_CONFIG, snapshot)
+    for text in overrides:
+        apply_override(config, text)
+    return config
+
+
+def record_command(path: Path, command: str) -> None:
+    """Append ``command`` as one line to the run's ``command.txt`` (start first, then every resume), atomically."""
+    previous = path.read_text() if path.is_file() else ""
+    if previous and not previous.endswith("\n"):
+        previous += "\n"
+    _atomic_write_text(path, previous + command + "\n")
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from resunet_trt.io import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
+    from resunet_trt.io import atomic_write
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 # ---- distributed --------------------------------------------------------------------------------------------
@@ -389,6 +388,34 @@ class TrainResult:
     run_dir: Path
     best_metric: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    best_summary: str = ""  # where best.pt is and what "best" meant (see describe_best)
+
+
+def describe_best(history: Sequence[dict[str, Any]], *, best_path: Path, select_best: bool, n_val: int,
+                  epochs: int) -> str:
+    """One line for the end of a run: where the best checkpoint is and what "best" meant in this run.
+
+    Args:
+        history: the per-epoch records (``metrics.jsonl``); validated epochs carry ``val.mean_dice``.
+        best_path: the run's ``best.pt``.
+        select_best: ``val.select_best`` (False: best.pt holds the last validated weights).
+        n_val: number of validation cases.
+        epochs: ``optim.epochs``, the planned length of the run.
+    """
+    done = int(history[-1]["epoch"]) if history else 0
+    progress = f"after {done} of {epochs} epochs"
+    validated = [r for r in history if "val" in r]
+    if not validated:
+        return (f"best checkpoint: {best_path} = the weights of the last epoch ({progress}); there was no "
+                "validation case to choose by (give --val-data or set data.val_fraction > 0)")
+    if select_best:
+        rec = max(validated, key=lambda r: float(r["val"]["mean_dice"]))  # the first of equal scores, as saved
+        chosen = "the highest validation mean Dice"
+    else:
+        rec = validated[-1]
+        chosen = "the last validation (val.select_best is false), mean Dice"
+    return (f"best checkpoint: {best_path} = epoch {rec['epoch']}, {chosen} {float(rec['val']['mean_dice']):.4f} "
+            f"(liver and tumor Dice averaged over {n_val} validation case{'s' if n_val != 1 else ''}; {progress})")
 
 
 def _collect_cases(config: dict[str, Any]) -> tuple[list[Case], list[Case]]:
@@ -485,6 +512,7 @@ def train(
         check_plane_size(model_cfg, sampling.crop_size)
     augment = AugmentConfig.from_dict(config["augment"])
     loss_cfg = LossConfig.from_dict(config["loss"])
+    config["augment"], config["loss"] = _jsonable(asdict(augment)), _jsonable(asdict(loss_cfg))  # values used
     ocfg, vcfg = config["optim"], config["val"]
     seed = int(config["seed"])
     batch_size = int(ocfg["batch_size"])
@@ -531,6 +559,10 @@ def train(
         start_epoch, best, bad_evals = int(state["epoch"]), state["best"], int(state["bad_evals"])
         history = json.loads(state["history"])
         logger.info("resumed from %s at epoch %d", state_path, start_epoch)
+        if start_epoch >= epochs and dist_info.is_main:
+            logger.warning("the run in %s has already finished (%d of %d epochs): nothing to train; to train "
+                           "longer, resume with --override optim.epochs=N (N > %d)", run_dir, start_epoch, epochs,
+                           epochs)
     net: Any = model
     if dist_info.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -552,7 +584,7 @@ def train(
 
         _atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         if command:
-            _atomic_write_text(run_dir / "command.txt", command + "\n")
+            record_command(run_dir / "command.txt", command)
         logger.info("model: %s, %d parameters; %d epochs x %d steps of %d slices%s", model_cfg.widths,
                     count_parameters(model), epochs, steps_per_epoch, batch_size,
                     f" x {dist_info.world_size} ranks" if dist_info.enabled else "")
@@ -676,9 +708,13 @@ def train(
             break
 
     if dist_info.is_main and not val_prep:
-        save_inference(run_dir / "best.pt", epoch + 1, None)
+        save_inference(run_dir / "best.pt", len(history), None)
+    summary = ""
+    if dist_info.is_main:
+        summary = describe_best(history, best_path=run_dir / "best.pt", select_best=bool(vcfg["select_best"]),
+                                n_val=len(val_prep), epochs=epochs)
     model.eval()
-    return TrainResult(model=model, run_dir=run_dir, best_metric=best, history=history)
+    return TrainResult(model=model, run_dir=run_dir, best_metric=best, history=history, best_summary=summary)
 
 
 def _broadcast_flag(flag: bool, dist_info: DistInfo) -> bool:
@@ -715,7 +751,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python training/train.py",
         description="Train the resunet-trt ResUNet (liver and tumor segmentation of CT).",
     )
-    p.add_argument("--config", type=Path, help="YAML config (defaults: DEFAULT_CONFIG in training/train.py)")
+    p.add_argument("--config", type=Path,
+                   help="YAML config; only the keys it sets change the defaults (default: "
+                        "training/configs/default.yaml)")
     p.add_argument("--data", action="append", default=[], metavar="DIR_OR_CSV",
                    help="data source with liver+tumor labels (LiTS folder, MSD Task03 folder, case folder or "
                         "image,label[,kind] CSV); repeatable")
@@ -745,7 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume:
         if args.run_dir is None:
             raise SystemExit("--resume needs --run-dir")
-        config = load_config(args.run_dir / "config.yaml", overrides)
+        config = load_run_config(args.run_dir, overrides)
     else:
         config = load_config(args.config, overrides)
     data = config["data"]
@@ -774,8 +812,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.copyfile(result.run_dir / "best.pt", tmp)
         os.replace(tmp, args.export)
         print(f"exported {result.run_dir / 'best.pt'} -> {args.export}")
-    if result.best_metric is not None:
-        print(f"best validation mean Dice: {result.best_metric:.4f} ({result.run_dir / 'best.pt'})")
+    if result.best_summary:
+        print(result.best_summary)
     return 0
 
 

@@ -1,0 +1,123 @@
+"""What a first-time user meets: training defaults and run records, export output, the overlay, help texts."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data"
+
+torch = pytest.importorskip("torch")
+yaml = pytest.importorskip("yaml")
+
+from training.augment import AugmentConfig  # noqa: E402
+from training.losses import LossConfig  # noqa: E402
+from training.train import DEFAULT_CONFIG, load_config  # noqa: E402
+from training.train import main as train_main  # noqa: E402
+
+# A network and data small enough for a CPU test: 32x32 planes, 2-level net, 8 slices an epoch.
+TINY = ["preprocess.plane_size=[32, 32]", "model.depth=2", "model.base_width=4", "model.max_width=8",
+        "sampling.samples_per_epoch=8", "optim.batch_size=4", "loader.workers=0", "val.every=1",
+        "val.batch_size=64"]
+
+
+def _train_args(run: Path, *extra: str, epochs: int = 1) -> list[str]:
+    args = ["--data", str(DATA / "lits_small64"), "--run-dir", str(run), "--no-progress"]
+    for o in [*TINY, f"optim.epochs={epochs}"]:
+        args += ["--override", o]
+    return args + list(extra)
+
+
+# ---- item 9: training defaults and what a run records -------------------------------------------------------
+
+
+def test_defaults_without_config_are_the_shipped_yaml():
+    shipped = yaml.safe_load((ROOT / "training/configs/default.yaml").read_text())
+    assert load_config(None) == shipped
+    assert DEFAULT_CONFIG == shipped
+    # the defaults hold out cases for validation, so best.pt is chosen on held-out data
+    assert shipped["data"]["val_fraction"] > 0
+    # every augmentation and loss setting is written in the file (none hides in a dataclass default)
+    assert set(shipped["augment"]) == set(AugmentConfig.__dataclass_fields__)
+    assert set(shipped["loss"]) == set(LossConfig.__dataclass_fields__)
+
+
+def test_a_config_file_changes_only_the_keys_it_sets(tmp_path):
+    (tmp_path / "c.yaml").write_text("augment: {rotate_deg: 3.0}\n")
+    shipped = yaml.safe_load((ROOT / "training/configs/default.yaml").read_text())
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg["augment"]["rotate_deg"] == 3.0
+    cfg["augment"]["rotate_deg"] = shipped["augment"]["rotate_deg"]
+    assert cfg == shipped
+    with pytest.raises(ValueError, match="unknown key"):
+        load_config(None, ["augment.rotation=3"])
+
+
+def test_saved_config_records_the_augmentation_and_loss_values_used(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(_train_args(run, "--override", "augment.rotate_deg=7.5", "--override", "loss.ce_weight=0.5")) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    used_aug = AugmentConfig.from_dict({**DEFAULT_CONFIG["augment"], "rotate_deg": 7.5})
+    used_loss = LossConfig.from_dict({**DEFAULT_CONFIG["loss"], "ce_weight": 0.5})
+    assert AugmentConfig.from_dict(saved["augment"]) == used_aug
+    assert LossConfig.from_dict(saved["loss"]) == used_loss
+    assert set(saved["augment"]) == set(asdict(used_aug)) and set(saved["loss"]) == set(asdict(used_loss))
+
+
+def test_resume_keeps_the_command_history_and_a_finished_run_says_so(tmp_path, capsys, caplog):
+    run = tmp_path / "run"
+    assert train_main(_train_args(run, epochs=1)) == 0
+    first = (run / "command.txt").read_text().splitlines()
+    assert len(first) == 1 and "--resume" not in first[0]
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="resunet_trt.train"):
+        assert train_main(["--run-dir", str(run), "--resume", "--no-progress"]) == 0
+    lines = (run / "command.txt").read_text().splitlines()
+    assert lines[0] == first[0] and len(lines) == 2 and "--resume" in lines[1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("already finished" in m and "1 of 1 epochs" in m and "optim.epochs" in m for m in warnings), warnings
+    assert "best checkpoint:" in capsys.readouterr().out
+    # nothing was trained again
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_resuming_a_run_recorded_with_empty_augment_and_loss_keeps_their_old_values(tmp_path):
+    from training.train import load_run_config
+
+    snapshot = yaml.safe_load((ROOT / "training/configs/default.yaml").read_text())
+    snapshot["augment"], snapshot["loss"] = {}, {}  # how runs recorded them before the values were written out
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(snapshot))
+    cfg = load_run_config(tmp_path, ["optim.epochs=3"])
+    assert AugmentConfig.from_dict(cfg["augment"]) == AugmentConfig()
+    assert LossConfig.from_dict(cfg["loss"]) == LossConfig()
+    assert cfg["optim"]["epochs"] == 3
+
+
+def test_the_end_of_training_says_where_best_is_and_what_best_meant(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = _train_args(run, "--val-data", str(DATA / "lits117_roi128"), epochs=2)
+    assert train_main(args) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("best checkpoint:"))
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    scores = [r["val"]["mean_dice"] for r in records]
+    best_epoch = records[int(np.argmax(scores))]["epoch"]
+    assert str(run / "best.pt") in line
+    assert f"epoch {best_epoch}," in line and "highest validation mean Dice" in line
+    assert f"{max(scores):.4f}" in line and "1 validation case;" in line
+    ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["extra"]["training"]["epochs_done"] == best_epoch
+
+
+def test_the_end_of_training_without_validation_says_nothing_chose_best(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(_train_args(run, "--override", "data.val_fraction=0.0", epochs=1)) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("best checkpoint:"))
+    assert str(run / "best.pt") in line and "last epoch" in line and "no validation case" in line
