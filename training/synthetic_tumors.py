@@ -323,10 +323,10 @@ def _smooth_noise(
     wy, my = _smooth_noise_axis(y, scale_mm)
     wx, mx = _smooth_noise_axis(x, scale_mm)
     coarse = rng.standard_normal((mz, my, mx), dtype=np.float32)
-    field = np.tensordot(coarse, wx, axes=([2], [1]))  # (mz, my, nx)
-    field = np.tensordot(wy, field, axes=([1], [1]))  # (ny, mz, nx)
-    field = np.tensordot(wz, field, axes=([1], [1]))  # (nz, ny, nx)
-    return field
+    # Three small products, one axis at a time; einsum's own loops, no BLAS threads to wake per lesion.
+    field = np.einsum("abc,xc->abx", coarse, wx)  # (mz, my, nx)
+    field = np.einsum("abx,yb->ayx", field, wy)  # (mz, ny, nx)
+    return np.einsum("ayx,za->zyx", field, wz)  # (nz, ny, nx)
 
 
 def _box_mean_inplane(a: np.ndarray) -> np.ndarray:
