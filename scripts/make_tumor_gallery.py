@@ -34,10 +34,11 @@ from resunet_trt.io import atomic_write_bytes  # noqa: E402
 from training.synthetic_tumors import TumorConfig, synthesize_tumors  # noqa: E402
 
 WINDOW = (-200.0, 250.0)
-TILE = 200
+TILE = 180
 LITS117_SPACING = (1.5, 1.5, 1.5)
 LIVER_RGB = np.array([60, 220, 80], dtype=np.float32)
 TUMOR_RGB = np.array([255, 60, 60], dtype=np.float32)
+REAL_RGB = np.array([255, 220, 0], dtype=np.float32)
 
 
 def _contour(mask: np.ndarray) -> np.ndarray:
@@ -48,8 +49,11 @@ def _contour(mask: np.ndarray) -> np.ndarray:
 
 
 def _tile(hu: np.ndarray, liver: np.ndarray, tumor: np.ndarray, pixel_mm: tuple[float, float],
-          window: tuple[float, float] = WINDOW) -> tuple[np.ndarray, np.ndarray]:
-    """(plain, contoured) RGB uint8 tiles (TILE, TILE, 3) of one axial slice, cropped around the liver."""
+          window: tuple[float, float] = WINDOW, other: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(plain, contoured) RGB uint8 tiles (TILE, TILE, 3) of one axial slice, cropped around the liver.
+
+    ``tumor`` is outlined in red, ``other`` (real tumors next to synthetic ones) in yellow.
+    """
     rows, cols = np.nonzero(liver | tumor)
     if rows.size == 0:
         rows, cols = np.array([0, hu.shape[0] - 1]), np.array([0, hu.shape[1] - 1])
@@ -78,6 +82,8 @@ def _tile(hu: np.ndarray, liver: np.ndarray, tumor: np.ndarray, pixel_mm: tuple[
     lab_tumor = tumor[ri][:, ci] & ~outside
     marked = plain.copy()
     marked[_contour(lab_liver | lab_tumor)] = LIVER_RGB
+    if other is not None:
+        marked[_contour(other[ri][:, ci] & ~outside)] = REAL_RGB
     marked[_contour(lab_tumor)] = TUMOR_RGB
     return plain.astype(np.uint8), marked.astype(np.uint8)
 
@@ -99,7 +105,8 @@ def _grid(tiles: list[tuple[np.ndarray, np.ndarray]], titles: list[str], per_row
         canvas.paste(Image.fromarray(plain), (x, y + head))
         canvas.paste(Image.fromarray(marked), (x, y + head + TILE))
     buf = io.BytesIO()
-    canvas.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(buf, format="PNG", optimize=True)
+    # 128 colours: CT grey levels and the contour colours, small enough for the docs.
+    canvas.convert("P", palette=Image.Palette.ADAPTIVE, colors=128).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -131,7 +138,7 @@ def _lesion_slices(result, n: int) -> list[int]:
     return picked
 
 
-def real_lits117(n: int = 8) -> tuple[list, list]:
+def real_lits117(n: int = 6) -> tuple[list, list]:
     ct = rio.load_ct(ROOT / "tests/data/lits117_roi128/ct.nii.gz")
     lab = rio.load_label(ROOT / "tests/data/lits117_roi128/label.nii.gz", ct)
     tiles, titles = [], []
@@ -141,27 +148,29 @@ def real_lits117(n: int = 8) -> tuple[list, list]:
     return tiles, titles
 
 
-def synthetic_lits117(rng: np.random.Generator, config: TumorConfig, n: int = 8) -> tuple[list, list]:
+def synthetic_lits117(rng: np.random.Generator, config: TumorConfig, n: int = 6) -> tuple[list, list]:
     ct = rio.load_ct(ROOT / "tests/data/lits117_roi128/ct.nii.gz")
     lab = rio.load_label(ROOT / "tests/data/lits117_roi128/label.nii.gz", ct)
     liver = lab == 1
     res = synthesize_tumors(ct.hu, liver, LITS117_SPACING, rng, config)
     tiles, titles = [], []
     for d in _lesion_slices(res, n):
-        # Real tumors are drawn as liver here: only the synthetic ones get a red contour.
-        tiles.append(_tile(res.hu[d], lab[d] >= 1, res.mask[d], LITS117_SPACING[1:]))
+        # Synthetic tumors in red, the case's real ones in yellow.
+        tiles.append(_tile(res.hu[d], lab[d] >= 1, res.mask[d], LITS117_SPACING[1:], other=lab[d] == 2))
         titles.append(f"synthetic, lits117 slice {d}")
     return tiles, titles
 
 
-def synthetic_totalseg(rng: np.random.Generator, config: TumorConfig, n: int = 8) -> tuple[list, list]:
+def synthetic_totalseg(rng: np.random.Generator, config: TumorConfig, n: int = 6) -> tuple[list, list]:
     ct = rio.load_ct(ROOT / "tests/data/totalseg_abdomen3mm/ct.nii.gz")
     liver = rio.load_label(ROOT / "tests/data/totalseg_abdomen3mm/liver_pseudolabel.nii.gz", ct) == 1
-    res = synthesize_tumors(ct.hu, liver, ct.spacing, rng, config)
     tiles, titles = [], []
-    for d in _lesion_slices(res, n):
-        tiles.append(_tile(res.hu[d], liver[d], res.mask[d], ct.spacing[1:]))
-        titles.append(f"synthetic, totalseg 3 mm, slice {d}")
+    for _ in range(10):
+        res = synthesize_tumors(ct.hu, liver, ct.spacing, rng, config)
+        for d in _lesion_slices(res, 2):
+            if len(tiles) < n:
+                tiles.append(_tile(res.hu[d], liver[d], res.mask[d], ct.spacing[1:]))
+                titles.append(f"synthetic, totalseg 3 mm, slice {d}")
     return tiles, titles
 
 
@@ -190,7 +199,7 @@ def synthetic_stacks(rng: np.random.Generator, config: TumorConfig, n: int = 4) 
     return tiles, titles
 
 
-def synthetic_msd(folder: Path, rng: np.random.Generator, config: TumorConfig, n: int = 8) -> tuple[list, list]:
+def synthetic_msd(folder: Path, rng: np.random.Generator, config: TumorConfig, n: int = 6) -> tuple[list, list]:
     """MSD Task03 JPEG slices: pixel = HU clipped to 0..255, so the window here is 0..255 HU."""
     from PIL import Image
 
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TumorConfig(probability=1.0, count=(2, 5), diameter_mm=(5.0, 60.0))
     pages = {
         "tumors_real_lits117.png": real_lits117(),
-        "tumors_synthetic_lits117.png": synthetic_lits117(rng, config),
+        "tumors_synthetic_lits117.png": synthetic_lits117(rng, TumorConfig(probability=1.0, count=(6, 8))),
         "tumors_synthetic_totalseg.png": synthetic_totalseg(rng, config),
         "tumors_synthetic_stack.png": synthetic_stacks(rng, TumorConfig(probability=1.0, count=(1, 3)), n=2),
     }
@@ -235,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         if not tiles:
             print(f"{name}: nothing to show, skipped")
             continue
-        per_row = 3 if "stack" in name else 4
-        data = _grid(tiles, titles, per_row=per_row)
+        data = _grid(tiles, titles, per_row=3)
         path = atomic_write_bytes(args.out / name, data)
         print(f"{path}: {len(tiles)} examples, {len(data) / 1024:.0f} KiB")
     return 0
