@@ -56,6 +56,9 @@ STAGES = ("read", "upload", "preprocess", "infer", "decode", "postprocess", "dow
 
 _DEVICE_RE = re.compile(r"cuda(?::(\d+))?")
 
+#: Mask formats of :meth:`Segmenter.segment_files`: "auto" is "both" for DICOM input, "nifti" otherwise.
+MASK_FORMATS = ("auto", "nifti", "dicom-seg", "both")
+
 
 # --------------------------------------------------------------------------------------------------
 # Small pure helpers
@@ -150,6 +153,33 @@ def resolve_device(device: str) -> str:
     if not ok:
         raise RuntimeError(f"device={device!r} was requested but CUDA cannot be used here: {reason}")
     return f"cuda:{index}"
+
+
+def mask_outputs(mask_format: str, volume: CTVolume) -> tuple[bool, bool]:
+    """Which masks to write for ``volume``: (NIfTI, DICOM-SEG).
+
+    ``"auto"`` writes both for a DICOM series whose slices a SEG can reference, else the NIfTI alone (with a
+    logged warning saying why there is no SEG for a DICOM input); ``"dicom-seg"`` and ``"both"`` on an input
+    that cannot have a SEG are an error.
+
+    Raises:
+        ValueError: ``mask_format`` is not one of :data:`MASK_FORMATS`, or a SEG was asked for an input that
+            cannot have one (the message says why).
+    """
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
+    if mask_format == "nifti":
+        return True, False
+    from .dicom_seg import dicom_seg_unavailable_reason
+
+    reason = dicom_seg_unavailable_reason(volume)
+    if mask_format == "auto":
+        if reason is not None and volume.meta.get("format") == "dicom":
+            logger.warning("%s: no DICOM-SEG written: %s", volume.source, reason)
+        return True, reason is None
+    if reason is not None:
+        raise ValueError(f"mask_format={mask_format!r}: {reason}")
+    return mask_format == "both", True
 
 
 def case_name(path: str | os.PathLike[str]) -> str:
@@ -296,7 +326,6 @@ class FileOutcome:
         return f"FileOutcome({', '.join(parts)})"
 
 
-
 # --------------------------------------------------------------------------------------------------
 # The segmenter
 # --------------------------------------------------------------------------------------------------
@@ -381,6 +410,16 @@ class Segmenter:
             self.metadata.context,
             self.batch_size,
         )
+
+    @property
+    def model_sha256(self) -> str | None:
+        """Hex sha256 of the model file (computed once), or None when the backend has no file."""
+        if not hasattr(self, "_model_sha256"):
+            from .engine import sha256_file
+
+            path = getattr(self.backend, "path", None)
+            self._model_sha256 = sha256_file(path) if path is not None and Path(path).is_file() else None
+        return self._model_sha256
 
     # -- lifetime ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -533,6 +572,7 @@ class Segmenter:
         report: bool = True,
         keep_results: bool = True,
         series_uid: str | None = None,
+        mask_format: str = "auto",
     ) -> list[FileOutcome]:
         """Segment files and write ``<case>_mask.nii.gz`` (+ ``_report.json``, ``_overlay.png``) into ``out_dir``.
 
@@ -551,12 +591,15 @@ class Segmenter:
             keep_results: keep each case's :class:`Result` (labels and CT) in its outcome; False keeps only
                 the small ``summary``, so that memory does not grow with the number of cases.
             series_uid: the SeriesInstanceUID to read from DICOM folders that hold several series.
+            mask_format: ``"nifti"`` (``<case>_mask.nii.gz``), ``"dicom-seg"`` (``<case>_seg.dcm``, a DICOM
+                Segmentation of the source series, see :mod:`resunet_trt.dicom_seg`), ``"both"``, or
+                ``"auto"``: both for DICOM input, NIfTI otherwise (see :func:`mask_outputs`).
 
         Returns:
             one :class:`FileOutcome` per input, in order.
         """
-        from .io import save_mask
-
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         items = [Path(p) for p in paths]
@@ -578,26 +621,9 @@ class Segmenter:
                 if name.casefold() in claimed:  # never reached with output_names; checked before any write
                     raise FileExistsError(f"{out / name}_*: written by another input of this run, not overwritten")
                 claimed.add(name.casefold())
-                t0 = time.perf_counter()
-                mask_path = out / f"{name}_mask.nii.gz"
-                save_mask(mask_path, result.labels, like=result.volume)
-                outcome.outputs["mask"] = mask_path
-                if overlay:
-                    from .overlay import write_overlay
-
-                    overlay_path = out / f"{name}_overlay.png"
-                    lo, hi = self.metadata.window
-                    write_overlay(overlay_path, result, window=(float(lo), float(hi)))
-                    outcome.outputs["overlay"] = overlay_path
-                if report:
-                    from .report import write_report
-
-                    report_path = out / f"{name}_report.json"
-                    # The report's own write time is the one stage it cannot contain.
-                    result.timings["write"] = time.perf_counter() - t0
-                    write_report(report_path, result.to_report(case=name))
-                    outcome.outputs["report"] = report_path
-                result.timings["write"] = time.perf_counter() - t0
+                outcome.outputs = self.write_outputs(
+                    result, out, name, overlay=overlay, report=report, mask_format=mask_format
+                )
                 outcome.ok, outcome.summary = True, result.to_report(case=name)
                 outcome.result = result if keep_results else None
             except Exception as exc:  # noqa: BLE001 - one bad case must not stop the others
@@ -610,6 +636,78 @@ class Segmenter:
             outcomes.append(outcome)
         reads.close()
         return outcomes
+
+    def write_outputs(
+        self,
+        result: Result,
+        out_dir: str | os.PathLike[str],
+        name: str,
+        *,
+        overlay: bool = False,
+        report: bool = True,
+        mask_format: str = "auto",
+    ) -> dict[str, Path]:
+        """Write one case's ``<name>_mask.nii.gz`` (+ ``_overlay.png``, ``_report.json``) into ``out_dir``.
+
+        Each file is written atomically; when one write fails, the files this call already wrote are removed
+        (no mask without its report) and the error propagates. Sets ``result.timings["write"]``.
+
+        Args:
+            result: the case's :class:`Result`.
+            out_dir: an existing output folder.
+            name: the case name the files are named after (unique within ``out_dir``).
+            overlay: also write the PNG overlay.
+            report: also write the JSON lesion report.
+            mask_format: ``"auto"``, ``"nifti"``, ``"dicom-seg"`` (``<name>_seg.dcm``) or ``"both"`` (see
+                :func:`mask_outputs`).
+
+        Returns:
+            kind (``"mask"``, ``"dicom_seg"``, ``"overlay"``, ``"report"``) -> written path.
+        """
+        from .io import save_mask
+
+        out = Path(out_dir)
+        outputs: dict[str, Path] = {}
+        t0 = time.perf_counter()
+        try:
+            nifti, dicom_seg = mask_outputs(mask_format, result.volume)
+            if nifti:
+                mask_path = out / f"{name}_mask.nii.gz"
+                save_mask(mask_path, result.labels, like=result.volume)
+                outputs["mask"] = mask_path
+            if dicom_seg:
+                from .dicom_seg import write_dicom_seg
+
+                seg_path = out / f"{name}_seg.dcm"
+                write_dicom_seg(
+                    seg_path,
+                    result.labels,
+                    like=result.volume,
+                    model_sha256=self.model_sha256,
+                    model_name=Path(self.backend.path).name if getattr(self.backend, "path", None) else None,
+                )
+                outputs["dicom_seg"] = seg_path
+            if overlay:
+                from .overlay import write_overlay
+
+                overlay_path = out / f"{name}_overlay.png"
+                lo, hi = self.metadata.window
+                write_overlay(overlay_path, result, window=(float(lo), float(hi)))
+                outputs["overlay"] = overlay_path
+            if report:
+                from .report import write_report
+
+                report_path = out / f"{name}_report.json"
+                # The report's own write time is the one stage it cannot contain.
+                result.timings["write"] = time.perf_counter() - t0
+                write_report(report_path, result.to_report(case=name))
+                outputs["report"] = report_path
+        except BaseException:
+            for written in outputs.values():
+                written.unlink(missing_ok=True)
+            raise
+        result.timings["write"] = time.perf_counter() - t0
+        return outputs
 
     def _net_input(self, hu: Any, start: int, stop: int) -> Any:
         """Network input (stop - start, K, h, w) for slices [start, stop) of ``hu`` (numpy or CUDA array)."""
