@@ -45,7 +45,8 @@ PlaneType ParsePlaneType(const std::string& dtype) {
 }
 
 py::array PreprocessCpuBinding(const py::array& volume, float lo, float hi, int out_height, int out_width,
-                               int context, const std::string& dtype, int start, int stop) {
+                               int context, const std::string& dtype, int start, int stop, float step_y,
+                               float step_x, float origin_y, float origin_x, float slice_step) {
   if (volume.ndim() != 3) {
     throw std::invalid_argument("volume must be 3-D (D, H, W), got ndim=" + std::to_string(volume.ndim()));
   }
@@ -71,6 +72,11 @@ py::array PreprocessCpuBinding(const py::array& volume, float lo, float hi, int 
   args.stop = stop;
   args.lo = lo;
   args.hi = hi;
+  args.step_y = step_y;
+  args.step_x = step_x;
+  args.origin_y = origin_y;
+  args.origin_x = origin_x;
+  args.slice_step = slice_step;
   CheckPreprocessArgs(args);
 
   const std::vector<py::ssize_t> shape{stop - start, context, out_height, out_width};
@@ -84,7 +90,8 @@ py::array PreprocessCpuBinding(const py::array& volume, float lo, float hi, int 
   return out;
 }
 
-py::array LogitsToLabelsCpuBinding(const py::array& logits, int out_height, int out_width) {
+py::array LogitsToLabelsCpuBinding(const py::array& logits, int out_height, int out_width, float step_y,
+                                   float step_x, float origin_y, float origin_x) {
   if (logits.ndim() != 4) {
     throw std::invalid_argument("logits must be 4-D (N, C, h, w), got ndim=" + std::to_string(logits.ndim()));
   }
@@ -105,6 +112,10 @@ py::array LogitsToLabelsCpuBinding(const py::array& logits, int out_height, int 
   args.width = CheckedDim(logits.shape(3), "logits");
   args.out_height = out_height;
   args.out_width = out_width;
+  args.step_y = step_y;
+  args.step_x = step_x;
+  args.origin_y = origin_y;
+  args.origin_x = origin_x;
   CheckLogitsToLabelsArgs(args);
 
   py::array_t<std::uint8_t> labels({static_cast<py::ssize_t>(args.batch), static_cast<py::ssize_t>(out_height),
@@ -127,7 +138,8 @@ VolumeType ParseVolumeType(const std::string& dtype) {
 
 void PreprocessCudaBinding(std::uintptr_t volume, const std::string& volume_dtype, int depth, int height, int width,
                            std::uintptr_t out, const std::string& dtype, float lo, float hi, int out_height,
-                           int out_width, int context, int start, int stop, std::uintptr_t stream) {
+                           int out_width, int context, int start, int stop, std::uintptr_t stream, float step_y,
+                           float step_x, float origin_y, float origin_x, float slice_step) {
   PreprocessArgs args;
   args.depth = depth;
   args.height = height;
@@ -139,6 +151,11 @@ void PreprocessCudaBinding(std::uintptr_t volume, const std::string& volume_dtyp
   args.stop = stop;
   args.lo = lo;
   args.hi = hi;
+  args.step_y = step_y;
+  args.step_x = step_x;
+  args.origin_y = origin_y;
+  args.origin_x = origin_x;
+  args.slice_step = slice_step;
   const VolumeType volume_type = ParseVolumeType(volume_dtype);
   const PlaneType plane_type = ParsePlaneType(dtype);
   CheckPreprocessArgs(args);
@@ -149,7 +166,7 @@ void PreprocessCudaBinding(std::uintptr_t volume, const std::string& volume_dtyp
 
 void LogitsToLabelsCudaBinding(std::uintptr_t logits, const std::string& logits_dtype, int batch, int classes,
                                int height, int width, std::uintptr_t labels, int out_height, int out_width,
-                               std::uintptr_t stream) {
+                               std::uintptr_t stream, float step_y, float step_x, float origin_y, float origin_x) {
   LogitsType logits_type;
   if (logits_dtype == "float32") {
     logits_type = LogitsType::kFloat32;
@@ -165,6 +182,10 @@ void LogitsToLabelsCudaBinding(std::uintptr_t logits, const std::string& logits_
   args.width = width;
   args.out_height = out_height;
   args.out_width = out_width;
+  args.step_y = step_y;
+  args.step_x = step_x;
+  args.origin_y = origin_y;
+  args.origin_x = origin_x;
   CheckLogitsToLabelsArgs(args);
   py::gil_scoped_release release;
   LogitsToLabelsCuda(reinterpret_cast<const void*>(logits), logits_type, reinterpret_cast<std::uint8_t*>(labels),
@@ -177,22 +198,26 @@ void LogitsToLabelsCudaBinding(std::uintptr_t logits, const std::string& logits_
 void bind_image_ops(py::module_& m) {
   m.def("preprocess_cpu", &PreprocessCpuBinding, py::arg("volume"), py::arg("lo"), py::arg("hi"),
         py::arg("out_height"), py::arg("out_width"), py::arg("context"), py::arg("dtype"), py::arg("start"),
-        py::arg("stop"),
-        "HU window + bilinear resize + 2.5D stacking on the CPU: volume (D, H, W) int16/float32, C-contiguous "
-        "-> (stop - start, context, out_height, out_width) float16/float32.");
+        py::arg("stop"), py::arg("step_y") = 0.0f, py::arg("step_x") = 0.0f, py::arg("origin_y") = 0.0f,
+        py::arg("origin_x") = 0.0f, py::arg("slice_step") = 1.0f,
+        "HU window + bilinear resample + 2.5D stacking on the CPU: volume (D, H, W) int16/float32, C-contiguous "
+        "-> (stop - start, context, out_height, out_width) float16/float32. step 0: the torch mapping.");
   m.def("logits_to_labels_cpu", &LogitsToLabelsCpuBinding, py::arg("logits"), py::arg("out_height"),
-        py::arg("out_width"),
-        "Bilinear upsample fused with argmax on the CPU: logits (N, C, h, w) float16/float32, C-contiguous -> "
-        "uint8 (N, out_height, out_width).");
+        py::arg("out_width"), py::arg("step_y") = 0.0f, py::arg("step_x") = 0.0f, py::arg("origin_y") = 0.0f,
+        py::arg("origin_x") = 0.0f,
+        "Bilinear resample fused with argmax on the CPU: logits (N, C, h, w) float16/float32, C-contiguous -> "
+        "uint8 (N, out_height, out_width). step/origin: preprocess's mapping, inverted; step 0: torch's.");
 #if defined(RESUNET_WITH_CUDA)
   m.def("preprocess_cuda", &PreprocessCudaBinding, py::arg("volume_ptr"), py::arg("volume_dtype"),
         py::arg("depth"), py::arg("height"), py::arg("width"), py::arg("out_ptr"), py::arg("dtype"), py::arg("lo"),
         py::arg("hi"), py::arg("out_height"), py::arg("out_width"), py::arg("context"), py::arg("start"),
-        py::arg("stop"), py::arg("stream"),
+        py::arg("stop"), py::arg("stream"), py::arg("step_y") = 0.0f, py::arg("step_x") = 0.0f,
+        py::arg("origin_y") = 0.0f, py::arg("origin_x") = 0.0f, py::arg("slice_step") = 1.0f,
         "preprocess on device pointers (C-contiguous), enqueued on `stream` (a cudaStream_t as int).");
   m.def("logits_to_labels_cuda", &LogitsToLabelsCudaBinding, py::arg("logits_ptr"), py::arg("logits_dtype"),
         py::arg("batch"), py::arg("classes"), py::arg("height"), py::arg("width"), py::arg("labels_ptr"),
-        py::arg("out_height"), py::arg("out_width"), py::arg("stream"),
+        py::arg("out_height"), py::arg("out_width"), py::arg("stream"), py::arg("step_y") = 0.0f,
+        py::arg("step_x") = 0.0f, py::arg("origin_y") = 0.0f, py::arg("origin_x") = 0.0f,
         "logits_to_labels on device pointers (C-contiguous), enqueued on `stream` (a cudaStream_t as int).");
 #endif
 }

@@ -1,9 +1,12 @@
 // logits_to_labels: network logits (N, C, h, w) -> labels uint8 (N, H, W).
 //
 // Contract (resunet_trt.kernels.logits_to_labels): each class plane is resized to (H, W) with the
-// bilinear rule of common/bilinear.h (torch interpolate, align_corners=False), then the label is
-// the argmax over C. Both steps are fused per output pixel: the C resized values live in registers,
-// no full-resolution float tensor is ever made.
+// bilinear rule of common/bilinear.h, then the label is the argmax over C. Per axis the resize is
+// either the torch mapping (step 0: torch interpolate, align_corners=False) or the inverse of the
+// general mapping preprocess used for the volume (same step and origin): label row Y samples logit
+// row (Y + 0.5 - origin_y) / step_y - 0.5, clamped to [0, h - 1]. Same for X. Both steps are
+// fused per output pixel: the C resized values live in registers, no full-resolution float tensor is
+// ever made.
 //
 // Argmax order follows numpy/torch: the first maximum wins (ties -> lowest class) and NaN counts as
 // larger than any number (the first NaN wins). Logits are not checked for NaN (that would need a
@@ -29,6 +32,10 @@ struct LogitsToLabelsArgs {
   int width = 0;     // w
   int out_height = 0;  // H
   int out_width = 0;   // W
+  float step_y = 0.0f;    // preprocess's input rows per network row; 0: the torch mapping (scale h / H)
+  float step_x = 0.0f;    // the same for columns
+  float origin_y = 0.0f;  // general mapping only (must be 0 with step 0)
+  float origin_x = 0.0f;
 };
 
 // One argmax step: does `value` (class c) beat the best so far? NaN beats numbers, earlier wins ties.

@@ -10,6 +10,17 @@
 // A 2-D sample blends the two input rows first, then the two columns:
 //   v = wx0 * (wy0 * a[y0][x0] + wy1 * a[y1][x0]) + wx1 * (wy0 * a[y0][x1] + wy1 * a[y1][x1])
 //
+// The general mapping of an axis (spacing-aware resampling) takes two floats, `step` (input samples
+// per output sample) and `origin`, and maps output sample `dst` to
+//   src = (dst + 0.5) * step + origin - 0.5
+// An output whose src lies outside [-0.5, in - 0.5] is outside the image: its tap has both weights 0,
+// so the blend gives exactly 0.0 (the padding value) without a branch in the kernels. Inside, src is
+// clamped to [0, in - 1] and the two neighbours are blended as above. The inverse mapping (labels back
+// onto the input grid) is src = (dst + 0.5 - origin) / step - 0.5, clamped, never padded.
+// step = in / out with origin 0 is torch's mapping again, but the kernels keep linear_tap for it, so
+// the default results stay bit-identical to the torch rule (they differ from mapped_tap by rounding at
+// the upper edge, where torch blends one sample with itself).
+//
 // The CPU and CUDA kernels must round identically (labels are compared bit for bit), so every
 // float operation goes through the *_rn helpers below: on the device they are the IEEE
 // intrinsics nvcc never fuses into an FMA; on the host they are plain operators (the CPU core is
@@ -79,6 +90,85 @@ RESUNET_HD LinearTap linear_tap(int dst, int in_size, float scale) {
   tap.i1 = i0 < in_size - 1 ? i0 + 1 : i0;
   tap.w0 = sub_rn(1.0f, w1);
   tap.w1 = w1;
+  return tap;
+}
+
+// The tap of output sample `dst` under the general mapping; both weights 0 when it falls outside.
+RESUNET_HD LinearTap mapped_tap(int dst, int in_size, float step, float origin) {
+  const float src = sub_rn(add_rn(mul_rn(add_rn(static_cast<float>(dst), 0.5f), step), origin), 0.5f);
+  LinearTap tap;
+  tap.i0 = 0;
+  tap.i1 = 0;
+  tap.w0 = 0.0f;
+  tap.w1 = 0.0f;
+  const float last = static_cast<float>(in_size - 1);
+  if (!(src >= -0.5f && src <= add_rn(last, 0.5f))) return tap;  // outside (also catches NaN)
+  const float c = src < 0.0f ? 0.0f : (src > last ? last : src);
+  const int i0 = static_cast<int>(c);  // floor: c >= 0 here
+  const float w1 = sub_rn(c, static_cast<float>(i0));
+  tap.i0 = i0;
+  tap.i1 = i0 < in_size - 1 ? i0 + 1 : i0;
+  tap.w0 = sub_rn(1.0f, w1);
+  tap.w1 = w1;
+  return tap;
+}
+
+// The tap of output sample `dst` under the inverse of the general mapping (step, origin describe the
+// forward map from `dst`'s grid to this one's), clamped to [0, in - 1].
+RESUNET_HD LinearTap inverse_tap(int dst, int in_size, float step, float origin) {
+  float src = sub_rn(div_rn(sub_rn(add_rn(static_cast<float>(dst), 0.5f), origin), step), 0.5f);
+  const float last = static_cast<float>(in_size - 1);
+  src = src < 0.0f ? 0.0f : (src > last ? last : src);
+  const int i0 = static_cast<int>(src);
+  const float w1 = sub_rn(src, static_cast<float>(i0));
+  LinearTap tap;
+  tap.i0 = i0;
+  tap.i1 = i0 < in_size - 1 ? i0 + 1 : i0;
+  tap.w0 = sub_rn(1.0f, w1);
+  tap.w1 = w1;
+  return tap;
+}
+
+// One axis of a resampling: step > 0 is the general mapping (mapped_tap, or inverse_tap when
+// `inverse`), step == 0 the torch mapping with scale in / out (linear_tap).
+struct AxisMap {
+  float step;    // 0: the torch mapping
+  float origin;  // general mapping only
+  float scale;   // in / out, the torch mapping only
+};
+
+RESUNET_HD AxisMap axis_map(int in_size, int out_size, float step, float origin) {
+  AxisMap m;
+  m.step = step;
+  m.origin = origin;
+  m.scale = linear_scale(in_size, out_size);
+  return m;
+}
+
+RESUNET_HD LinearTap forward_axis_tap(int dst, int in_size, const AxisMap& m) {
+  return m.step > 0.0f ? mapped_tap(dst, in_size, m.step, m.origin) : linear_tap(dst, in_size, m.scale);
+}
+
+RESUNET_HD LinearTap inverse_axis_tap(int dst, int in_size, const AxisMap& m) {
+  return m.step > 0.0f ? inverse_tap(dst, in_size, m.step, m.origin) : linear_tap(dst, in_size, m.scale);
+}
+
+// Context slice of output slice `index` (= start + i) at channel offset `offset` (= j - K/2): the volume
+// is sampled at z = clamp(index + offset * slice_step, 0, depth - 1) and blended linearly between z0
+// and z0 + 1 with weight w1 on the latter. An integral z gives w1 == 0 exactly, so slice_step = 1 reads
+// exactly one slice per channel.
+struct SliceTap {
+  int z0;
+  float w1;  // > 0 only when z0 + 1 < depth
+};
+
+RESUNET_HD SliceTap slice_tap(int index, int offset, float slice_step, int depth) {
+  float z = add_rn(static_cast<float>(index), mul_rn(static_cast<float>(offset), slice_step));
+  const float last = static_cast<float>(depth - 1);
+  z = z < 0.0f ? 0.0f : (z > last ? last : z);
+  SliceTap tap;
+  tap.z0 = static_cast<int>(z);
+  tap.w1 = sub_rn(z, static_cast<float>(tap.z0));
   return tap;
 }
 

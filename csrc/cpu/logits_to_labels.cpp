@@ -12,6 +12,7 @@
 #include "logits_to_labels.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -25,6 +26,11 @@ void CheckLogitsToLabelsArgs(const LogitsToLabelsArgs& a) {
   require(a.batch > 0 && a.height > 0 && a.width > 0, "logits must not be empty");
   require(a.classes >= 1 && a.classes <= 256, "logits must have 1..256 classes (labels are uint8)");
   require(a.out_height > 0 && a.out_width > 0, "out_size must be positive");
+  require(std::isfinite(a.step_y) && std::isfinite(a.step_x) && a.step_y >= 0.0f && a.step_x >= 0.0f,
+          "step must be finite and positive (0: the default mapping)");
+  require(std::isfinite(a.origin_y) && std::isfinite(a.origin_x), "origin must be finite");
+  require((a.step_y > 0.0f || a.origin_y == 0.0f) && (a.step_x > 0.0f || a.origin_x == 0.0f),
+          "origin needs a step (an axis with step 0 has origin 0)");
 }
 
 namespace {
@@ -39,14 +45,15 @@ void Run(const In* logits, std::uint8_t* labels, const LogitsToLabelsArgs& a) {
   const int h = a.height, w = a.width, H = a.out_height, W = a.out_width;
   const std::size_t plane_in = static_cast<std::size_t>(h) * w;
 
+  const AxisMap map_y = axis_map(h, H, a.step_y, a.origin_y);
+  const AxisMap map_x = axis_map(w, W, a.step_x, a.origin_x);
   std::vector<LinearTap> row_taps(H);
-  const float scale_y = linear_scale(h, H), scale_x = linear_scale(w, W);
-  for (int y = 0; y < H; ++y) row_taps[y] = linear_tap(y, h, scale_y);
+  for (int y = 0; y < H; ++y) row_taps[y] = inverse_axis_tap(y, h, map_y);
   // Column taps as separate arrays, so the pixel loop reads them with plain (vector) loads.
   std::vector<int> col_i0(W), col_i1(W);
   std::vector<float> col_w0(W), col_w1(W);
   for (int x = 0; x < W; ++x) {
-    const LinearTap t = linear_tap(x, w, scale_x);
+    const LinearTap t = inverse_axis_tap(x, w, map_x);
     col_i0[x] = t.i0;
     col_i1[x] = t.i1;
     col_w0[x] = t.w0;

@@ -1,14 +1,17 @@
-// CPU preprocess: HU window + bilinear resize + 2.5D stacking in one pass over the input.
+// CPU preprocess: HU window + bilinear resample + 2.5D stacking in one pass over the input.
 //
-// The work unit is one output row of one input plane, (s, y): the two input rows y0, y1 that row y
-// needs are windowed and blended vertically into a W-long float buffer (a straight, vectorisable
-// loop over contiguous memory), then each output column gathers two neighbours from that buffer.
-// Row and column taps (indices + weights) are computed once per call. The finished row is converted
-// to the output type once and copied to every (output slice, channel) that shows plane s, so each
-// input slice is read and resized once no matter how large the context K is.
+// The work unit is one output row y across the slab of input slices the call reads. For each input
+// slice s that some output channel reads, the two input rows y0, y1 that row y needs are windowed and
+// blended vertically into a W-long float buffer (a straight, vectorisable loop over contiguous
+// memory), then each output column gathers two neighbours from that buffer; the finished row of slice
+// s is kept (float, and converted to the output type once). Then every output (i, j) takes its row:
+// a copy of slice z0's row when its context position z is integral (always, for slice_step = 1), else
+// the blend (1 - f) * row(z0) + f * row(z0 + 1). The resize is linear, so blending resized rows is
+// resizing blended slices, and each input row is read and resized once per call however large the
+// context K or however fine the slice_step. Row, column and slice taps are computed once per call.
 //
-// OpenMP splits the flattened (s, y) range statically: neighbouring rows of one thread share input
-// rows in cache, and a one-slice volume still uses every core.
+// OpenMP splits the output rows statically: a thread's rows are neighbours and share input rows in
+// cache. Each thread keeps (slices read) x w floats of finished rows.
 #include "preprocess.h"
 
 #include <algorithm>
@@ -32,6 +35,22 @@ void CheckPreprocessArgs(const PreprocessArgs& a) {
   require(a.context >= 1 && a.context % 2 == 1, "context must be an odd number >= 1");
   require(0 <= a.start && a.start < a.stop && a.stop <= a.depth, "start/stop must satisfy 0 <= start < stop <= D");
   require(std::isfinite(a.lo) && std::isfinite(a.hi) && a.lo < a.hi, "window must be finite with lo < hi");
+  require(std::isfinite(a.step_y) && std::isfinite(a.step_x) && a.step_y >= 0.0f && a.step_x >= 0.0f,
+          "step must be finite and positive (0: the default mapping)");
+  require(std::isfinite(a.origin_y) && std::isfinite(a.origin_x), "origin must be finite");
+  require((a.step_y > 0.0f || a.origin_y == 0.0f) && (a.step_x > 0.0f || a.origin_x == 0.0f),
+          "origin needs a step (an axis with step 0 has origin 0)");
+  require(std::isfinite(a.slice_step) && a.slice_step > 0.0f, "slice_step must be finite and > 0");
+}
+
+void PreprocessSliceRange(const PreprocessArgs& a, int* first, int* last) {
+  // z(i, j) is non-decreasing in i and j (float addition and multiplication by a positive step are
+  // monotone), so the extremes are the first channel of the first slice and the last of the last.
+  const int half_k = a.context / 2;
+  const SliceTap lo = slice_tap(a.start, -half_k, a.slice_step, a.depth);
+  const SliceTap hi = slice_tap(a.stop - 1, a.context - 1 - half_k, a.slice_step, a.depth);
+  *first = lo.z0;
+  *last = hi.w1 > 0.0f ? hi.z0 + 1 : hi.z0;
 }
 
 namespace {
@@ -48,6 +67,11 @@ bool RowFinite(const float* row, int width) {
   return bad == 0;
 }
 
+inline void StoreRow(float* dst, const float* src, int n) { std::memcpy(dst, src, sizeof(float) * n); }
+inline void StoreRow(std::uint16_t* dst, const float* src, int n) {
+  for (int x = 0; x < n; ++x) dst[x] = float_to_half_rn(src[x]);
+}
+
 template <typename In, typename Out>
 void Run(const In* volume, Out* out, const PreprocessArgs& a) {
   const int D = a.depth, H = a.height, W = a.width, h = a.out_height, w = a.out_width, K = a.context;
@@ -57,42 +81,51 @@ void Run(const In* volume, Out* out, const PreprocessArgs& a) {
   const std::size_t plane_in = static_cast<std::size_t>(H) * W;
   const std::size_t plane_out = static_cast<std::size_t>(h) * w;
 
+  const AxisMap map_y = axis_map(H, h, a.step_y, a.origin_y);
+  const AxisMap map_x = axis_map(W, w, a.step_x, a.origin_x);
   std::vector<LinearTap> row_taps(h);
-  const float scale_y = linear_scale(H, h), scale_x = linear_scale(W, w);
-  for (int y = 0; y < h; ++y) row_taps[y] = linear_tap(y, H, scale_y);
+  for (int y = 0; y < h; ++y) row_taps[y] = forward_axis_tap(y, H, map_y);
   // Column taps as separate arrays, so the column loop reads them with plain (vector) loads.
   std::vector<int> col_i0(w), col_i1(w);
   std::vector<float> col_w0(w), col_w1(w);
   for (int x = 0; x < w; ++x) {
-    const LinearTap t = linear_tap(x, W, scale_x);
+    const LinearTap t = forward_axis_tap(x, W, map_x);
     col_i0[x] = t.i0;
     col_i1[x] = t.i1;
     col_w0[x] = t.w0;
     col_w1[x] = t.w1;
   }
 
-  // Input slices read, and for each the output planes (i * K + j) that show it.
-  const int s_first = std::max(a.start - half_k, 0);
-  const int s_last = std::min(a.stop - 1 + half_k, D - 1);
-  const int n_slices = s_last - s_first + 1;
-  std::vector<std::vector<std::int64_t>> targets(n_slices);
+  // Context taps of every output plane (i * K + j), and the input slices they read: slot[s - s_first]
+  // is the slice's row in the per-thread buffers, -1 for a slice no output reads (slice_step > 1).
+  int s_first = 0, s_last = 0;
+  PreprocessSliceRange(a, &s_first, &s_last);
+  const int span = s_last - s_first + 1;
+  std::vector<SliceTap> z_taps(static_cast<std::size_t>(n_out) * K);
+  std::vector<int> slot(span, -1);
   for (int i = 0; i < n_out; ++i) {
     for (int j = 0; j < K; ++j) {
-      const int s = std::min(std::max(a.start + i + j - half_k, 0), D - 1);
-      targets[s - s_first].push_back(static_cast<std::int64_t>(i) * K + j);
+      const SliceTap t = slice_tap(a.start + i, j - half_k, a.slice_step, D);
+      z_taps[static_cast<std::size_t>(i) * K + j] = t;
+      slot[t.z0 - s_first] = 0;
+      if (t.w1 > 0.0f) slot[t.z0 + 1 - s_first] = 0;
     }
   }
-
-  // For float volumes, output row y checks the input rows after the previous row's last tap up to
-  // its own last tap (the last row: to the end), so every row of every slice read is checked exactly
-  // once, including rows a downsampling resize skips.
-  std::vector<int> check_begin(h), check_end(h);
-  for (int y = 0; y < h; ++y) {
-    check_begin[y] = y == 0 ? 0 : row_taps[y - 1].i1 + 1;
-    check_end[y] = y == h - 1 ? H : row_taps[y].i1 + 1;
+  int n_read = 0;  // slices read
+  for (int k = 0; k < span; ++k) {
+    if (slot[k] == 0) slot[k] = n_read++;
   }
 
-  const std::int64_t n_rows = static_cast<std::int64_t>(n_slices) * h;
+  // For float volumes, output row y checks the input rows after the previous rows' last tap up to its
+  // own last tap (the last row: to the end), so every row of every slice in [s_first, s_last] is checked
+  // exactly once, including rows a downsampling or cropping resample skips and slices between the ones
+  // a coarse slice_step reads (as the CUDA path, which checks that slab before the launch).
+  std::vector<int> check_begin(h), check_end(h);
+  for (int y = 0; y < h; ++y) {
+    check_begin[y] = y == 0 ? 0 : check_end[y - 1];
+    check_end[y] = y == h - 1 ? H : std::max(check_begin[y], row_taps[y].i1 + 1);
+  }
+
   int bad_slice = std::numeric_limits<int>::max();
 
 #if defined(RESUNET_WITH_OPENMP)
@@ -101,44 +134,59 @@ void Run(const In* volume, Out* out, const PreprocessArgs& a) {
   {
     std::vector<float> blend(W);
     std::vector<float> row_f(w);
-    std::vector<Out> row_out(w);
+    std::vector<float> rows_f(static_cast<std::size_t>(n_read) * w);  // finished rows, float
+    // Finished rows in the output type (float output reuses rows_f).
+    std::vector<Out> rows_out(std::is_same<Out, float>::value ? 0 : static_cast<std::size_t>(n_read) * w);
 #if defined(RESUNET_WITH_OPENMP)
 #pragma omp for schedule(static)
 #endif
-    for (std::int64_t r = 0; r < n_rows; ++r) {
-      const int s = s_first + static_cast<int>(r / h);
-      const int y = static_cast<int>(r % h);
-      const In* plane = volume + static_cast<std::size_t>(s) * plane_in;
+    for (int y = 0; y < h; ++y) {
       const LinearTap ty = row_taps[y];
-      const In* row0 = plane + static_cast<std::size_t>(ty.i0) * W;
-      const In* row1 = plane + static_cast<std::size_t>(ty.i1) * W;
-
-      if constexpr (std::is_same<In, float>::value) {
-        bool finite = true;
-        for (int yy = check_begin[y]; finite && yy < check_end[y]; ++yy) {
-          finite = RowFinite(plane + static_cast<std::size_t>(yy) * W, W);
+      bool finite = true;
+      for (int s = s_first; s <= s_last; ++s) {
+        const In* plane = volume + static_cast<std::size_t>(s) * plane_in;
+        if constexpr (std::is_same<In, float>::value) {
+          for (int yy = check_begin[y]; finite && yy < check_end[y]; ++yy) {
+            finite = RowFinite(plane + static_cast<std::size_t>(yy) * W, W);
+          }
+          if (!finite) {
+            bad_slice = std::min(bad_slice, s);
+            break;  // the call throws after the loop; this row's output is never seen
+          }
         }
-        if (!finite) {
-          bad_slice = std::min(bad_slice, s);
-          continue;  // the call throws after the loop; this row's output is never seen
+        const int k = slot[s - s_first];
+        if (k < 0) continue;  // no output reads this slice
+        const In* row0 = plane + static_cast<std::size_t>(ty.i0) * W;
+        const In* row1 = plane + static_cast<std::size_t>(ty.i1) * W;
+        for (int x = 0; x < W; ++x) {
+          const float v0 = window_rn(static_cast<float>(row0[x]), lo, hi, range);
+          const float v1 = window_rn(static_cast<float>(row1[x]), lo, hi, range);
+          blend[x] = lerp_rn(v0, v1, ty.w0, ty.w1);
+        }
+        float* dst = rows_f.data() + static_cast<std::size_t>(k) * w;
+        for (int x = 0; x < w; ++x) dst[x] = lerp_rn(blend[col_i0[x]], blend[col_i1[x]], col_w0[x], col_w1[x]);
+        if constexpr (!std::is_same<Out, float>::value) {
+          StoreRow(rows_out.data() + static_cast<std::size_t>(k) * w, dst, w);
         }
       }
-      for (int x = 0; x < W; ++x) {
-        const float v0 = window_rn(static_cast<float>(row0[x]), lo, hi, range);
-        const float v1 = window_rn(static_cast<float>(row1[x]), lo, hi, range);
-        blend[x] = lerp_rn(v0, v1, ty.w0, ty.w1);
-      }
+      if (!finite) continue;
 
-      if constexpr (std::is_same<Out, float>::value) {
-        for (int x = 0; x < w; ++x) row_out[x] = lerp_rn(blend[col_i0[x]], blend[col_i1[x]], col_w0[x], col_w1[x]);
-      } else {
-        // Gather, then convert in a separate (vectorised) loop.
-        for (int x = 0; x < w; ++x) row_f[x] = lerp_rn(blend[col_i0[x]], blend[col_i1[x]], col_w0[x], col_w1[x]);
-        for (int x = 0; x < w; ++x) row_out[x] = float_to_half_rn(row_f[x]);
-      }
-      for (const std::int64_t t : targets[s - s_first]) {
-        std::memcpy(out + static_cast<std::size_t>(t) * plane_out + static_cast<std::size_t>(y) * w, row_out.data(),
-                    sizeof(Out) * w);
+      const Out* done = std::is_same<Out, float>::value ? reinterpret_cast<const Out*>(rows_f.data())
+                                                        : rows_out.data();
+      for (std::size_t t = 0; t < z_taps.size(); ++t) {
+        const SliceTap zt = z_taps[t];
+        Out* dst = out + t * plane_out + static_cast<std::size_t>(y) * w;
+        const int k0 = slot[zt.z0 - s_first];
+        if (zt.w1 == 0.0f) {
+          std::memcpy(dst, done + static_cast<std::size_t>(k0) * w, sizeof(Out) * w);
+          continue;
+        }
+        const int k1 = slot[zt.z0 + 1 - s_first];
+        const float* r0 = rows_f.data() + static_cast<std::size_t>(k0) * w;
+        const float* r1 = rows_f.data() + static_cast<std::size_t>(k1) * w;
+        const float w0 = sub_rn(1.0f, zt.w1), w1 = zt.w1;
+        for (int x = 0; x < w; ++x) row_f[x] = lerp_rn(r0[x], r1[x], w0, w1);
+        StoreRow(dst, row_f.data(), w);
       }
     }
   }

@@ -1,6 +1,7 @@
 // CUDA logits_to_labels: bilinear upsample fused with argmax, one thread per output pixel.
 //
-// Each thread computes its row/column taps (common/bilinear.h), then for every class reads the 2x2
+// Each thread computes its row/column taps (common/bilinear.h: the torch mapping, or the inverse of
+// preprocess's general mapping, per axis), then for every class reads the 2x2
 // input neighbourhood, blends it with the same float operations as the CPU kernel and keeps the
 // running argmax in registers; only the uint8 label is stored. Neighbouring threads share input
 // values, which L1 serves, so DRAM traffic is one read of the logits and one byte per output pixel.
@@ -25,13 +26,13 @@ __device__ __forceinline__ float LoadLogit(const __half* p) { return __half2floa
 
 template <typename In>
 __global__ void LogitsToLabelsKernel(const In* __restrict__ logits, std::uint8_t* __restrict__ labels,
-                                     LogitsToLabelsArgs a, float scale_y, float scale_x) {
+                                     LogitsToLabelsArgs a, AxisMap map_y, AxisMap map_x) {
   const int x = blockIdx.x * kBlockX + threadIdx.x;
   const int y = blockIdx.y * kBlockY + threadIdx.y;
   if (x >= a.out_width || y >= a.out_height) return;
 
-  const LinearTap tx = linear_tap(x, a.width, scale_x);
-  const LinearTap ty = linear_tap(y, a.height, scale_y);
+  const LinearTap tx = inverse_axis_tap(x, a.width, map_x);
+  const LinearTap ty = inverse_axis_tap(y, a.height, map_y);
   const std::size_t plane_in = static_cast<std::size_t>(a.height) * a.width;
   const std::size_t o00 = static_cast<std::size_t>(ty.i0) * a.width + tx.i0;
   const std::size_t o01 = static_cast<std::size_t>(ty.i0) * a.width + tx.i1;
@@ -61,9 +62,9 @@ void LaunchTyped(const void* logits, std::uint8_t* labels, const LogitsToLabelsA
   const dim3 block(kBlockX, kBlockY, 1);
   const dim3 grid((a.out_width + kBlockX - 1) / kBlockX, (a.out_height + kBlockY - 1) / kBlockY,
                   a.batch < kMaxGridZ ? a.batch : kMaxGridZ);
-  LogitsToLabelsKernel<In><<<grid, block, 0, stream>>>(static_cast<const In*>(logits), labels, a,
-                                                       linear_scale(a.height, a.out_height),
-                                                       linear_scale(a.width, a.out_width));
+  LogitsToLabelsKernel<In><<<grid, block, 0, stream>>>(
+      static_cast<const In*>(logits), labels, a, axis_map(a.height, a.out_height, a.step_y, a.origin_y),
+      axis_map(a.width, a.out_width, a.step_x, a.origin_x));
   RESUNET_CUDA_CHECK_LAUNCH();
 }
 

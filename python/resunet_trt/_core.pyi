@@ -15,9 +15,13 @@ def cuda_device_count() -> int: ...
 # CPU ops: numpy in, numpy out; the GIL is released while they run.
 def preprocess_cpu(
     volume: np.ndarray, lo: float, hi: float, out_height: int, out_width: int, context: int, dtype: str,
-    start: int, stop: int,
+    start: int, stop: int, step_y: float = 0.0, step_x: float = 0.0, origin_y: float = 0.0,
+    origin_x: float = 0.0, slice_step: float = 1.0,
 ) -> np.ndarray: ...
-def logits_to_labels_cpu(logits: np.ndarray, out_height: int, out_width: int) -> np.ndarray: ...
+def logits_to_labels_cpu(
+    logits: np.ndarray, out_height: int, out_width: int, step_y: float = 0.0, step_x: float = 0.0,
+    origin_y: float = 0.0, origin_x: float = 0.0,
+) -> np.ndarray: ...
 def connected_components_cpu(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]: ...
 def postprocess_cpu(labels: np.ndarray, min_lesion_voxels: int, connectivity: int) -> np.ndarray: ...
 def lesion_stats_cpu(labels: np.ndarray, connectivity: int) -> dict[str, Any]: ...
@@ -26,10 +30,13 @@ def lesion_stats_cpu(labels: np.ndarray, connectivity: int) -> dict[str, Any]: .
 def preprocess_cuda(
     volume_ptr: int, volume_dtype: str, depth: int, height: int, width: int, out_ptr: int, dtype: str,
     lo: float, hi: float, out_height: int, out_width: int, context: int, start: int, stop: int, stream: int,
+    step_y: float = 0.0, step_x: float = 0.0, origin_y: float = 0.0, origin_x: float = 0.0,
+    slice_step: float = 1.0,
 ) -> None: ...
 def logits_to_labels_cuda(
     logits_ptr: int, logits_dtype: str, batch: int, classes: int, height: int, width: int, labels_ptr: int,
-    out_height: int, out_width: int, stream: int,
+    out_height: int, out_width: int, stream: int, step_y: float = 0.0, step_x: float = 0.0,
+    origin_y: float = 0.0, origin_x: float = 0.0,
 ) -> None: ...
 def connected_components_cuda(
     mask_ptr: int, shape: tuple[int, int, int], connectivity: int, labels_ptr: int, workspace_ptr: int, stream: int,
