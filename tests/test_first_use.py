@@ -121,3 +121,41 @@ def test_the_end_of_training_without_validation_says_nothing_chose_best(tmp_path
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("best checkpoint:"))
     assert str(run / "best.pt") in line and "last epoch" in line and "no validation case" in line
+
+
+# ---- item 11: export prints what matters, not the exporter's chatter -----------------------------------------
+
+_EXPORT_SCRIPT = r"""
+import logging, sys, warnings
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+warnings.simplefilter("default")
+from resunet_trt.export import export_model
+from resunet_trt.metadata import ModelMetadata
+from resunet_trt.model import ResUNet, ResUNetConfig
+
+cfg = ResUNetConfig(base_width=4, depth=2, max_width=8)
+meta = ModelMetadata(plane_size=(32, 32), context=3, model_config=cfg.to_dict())
+levels = {n: logging.getLogger(n).level for n in ("torch.onnx", "onnxscript", "onnx_ir")}
+export_model(ResUNet(cfg), meta, sys.argv[1])
+filters = list(warnings.filters)  # after the first export: importing torch.onnx adds filters of its own
+logging.disable(logging.INFO)
+export_model(ResUNet(cfg), meta, sys.argv[1])
+logging.disable(logging.NOTSET)
+assert warnings.filters == filters, "warning filters changed for the caller"
+assert {n: logging.getLogger(n).level for n in levels} == levels, "logger levels changed for the caller"
+logging.getLogger("onnxscript").info("the caller's own onnxscript logging still shows")
+"""
+
+
+def test_export_logs_only_its_own_lines(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.onnx"
+    proc = subprocess.run([sys.executable, "-c", _EXPORT_SCRIPT, str(out)], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert out.is_file()
+    assert lines == [f"INFO resunet_trt.export: exported fp32 ONNX (opset 18) to {out}",
+                     "INFO onnxscript: the caller's own onnxscript logging still shows"], lines

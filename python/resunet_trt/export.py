@@ -28,6 +28,7 @@ import io
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,6 +156,35 @@ def _save_onnx(model: onnx.ModelProto, output: Path) -> Path:
 # --------------------------------------------------------------------------------------------------------------
 
 
+# Loggers of the exporter's dependencies and the level they are held at during an export: torch.onnx says once
+# per process that torchvision's ops are not registered, onnxscript and onnx_ir log every optimizer pass at INFO.
+_EXPORTER_LOGGERS = {"torch.onnx": logging.ERROR, "onnxscript": logging.WARNING, "onnx_ir": logging.WARNING}
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Hold the ONNX exporter's own chatter back for the duration of the block, and only there.
+
+    Raises the levels of the loggers in :data:`_EXPORTER_LOGGERS` (never lowers one the user raised further) and
+    ignores the ``FutureWarning`` that torch's pytree code raises about ``LeafSpec`` while it traces; the levels
+    and warning filters are restored on exit, so the caller's logging and warnings settings stay as they were.
+    Messages of this package are not affected.
+    """
+    saved: dict[str, int] = {}
+    for name, level in _EXPORTER_LOGGERS.items():
+        lg = logging.getLogger(name)
+        saved[name] = lg.level
+        if lg.getEffectiveLevel() < level:
+            lg.setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def _check_opset(opset: int) -> int:
     if isinstance(opset, bool) or not isinstance(opset, int):
         raise TypeError(f"opset must be an int, got {type(opset).__name__}")
@@ -208,19 +238,20 @@ def export_model(
                 f"{metadata.plane_size=}, got {tuple(out.shape)}"
             )
         batch = torch.export.Dim(BATCH_DIM_NAME, min=1, max=4096)
-        program = torch.onnx.export(
-            model,
-            (example,),
-            None,
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
-            opset_version=opset,
-            optimize=True,
-            verbose=False,
-            external_data=False,
-        )
+        with quiet_exporter():
+            program = torch.onnx.export(
+                model,
+                (example,),
+                None,
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
+                external_data=False,
+            )
     finally:
         model.train(was_training)
     if program is None:  # pragma: no cover - dynamo=True always returns a program
