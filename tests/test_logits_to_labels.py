@@ -54,6 +54,96 @@ def test_matches_torch_interpolate_argmax(in_size, out_size, classes, dtype):
     assert_argmax_of(labels, upsampled(logits.astype(np.float32), out_size))
 
 
+def inverse_matrix(n_out, n_in, step, origin):
+    """float64 (n_out, n_in) interpolation matrix of the inverse mapping of one axis.
+
+    Label pixel Y samples the logits at (Y + 0.5 - origin) / step - 0.5, computed in float32 as the
+    kernels do, clamped to [0, n_in - 1]; the weight is split between the two neighbours.
+    """
+    f32 = np.float32
+    src = (np.arange(n_out, dtype=f32) + f32(0.5) - f32(origin)) / f32(step) - f32(0.5)
+    m = np.zeros((n_out, n_in))
+    for y, c in enumerate(np.clip(src.astype(np.float64), 0, n_in - 1)):
+        i0 = int(np.floor(c))
+        i1 = min(i0 + 1, n_in - 1)
+        m[y, i0] += 1.0 - (c - i0)
+        m[y, i1] += c - i0
+    return m
+
+
+def resampled(logits, out_size, step, origin):
+    """float64 (N, C, H, W) of the inverse general mapping."""
+    my = inverse_matrix(out_size[0], logits.shape[2], step[0], origin[0])
+    mx = inverse_matrix(out_size[1], logits.shape[3], step[1], origin[1])
+    return my @ np.asarray(logits, dtype=np.float64) @ mx.T
+
+
+MAPPINGS = {
+    # name: (logits (h, w), labels (H, W), step (y, x), origin (y, x)) as preprocess used them
+    "upsample": ((16, 20), (37, 50), (2.3, 2.5), (0.0, 0.0)),
+    "padded": ((32, 32), (40, 30), (1.6, 1.4), (-5.6, -7.4)),  # the network plane was larger than the image
+    "cropped": ((12, 10), (48, 40), (1.5, 1.25), (10.0, 8.4)),  # the network saw a window of the image
+    "downsample": ((30, 26), (11, 9), (0.37, 0.35), (0.2, -0.1)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("classes", [1, 2, 3, 5])
+@pytest.mark.parametrize("mapping", list(MAPPINGS))
+def test_general_mapping_matches_numpy_reference(mapping, classes, dtype):
+    in_size, out_size, step, origin = MAPPINGS[mapping]
+    rng = np.random.default_rng(classes + len(mapping))
+    logits = rng.standard_normal((3, classes) + in_size).astype(dtype)
+    labels = logits_to_labels(logits, out_size=out_size, step=step, origin=origin)
+    assert_argmax_of(labels, resampled(logits.astype(np.float32), out_size, step, origin))
+
+
+def test_inverse_mapping_lands_labels_where_preprocess_took_them():
+    # A network plane that sees the image at 1/2 scale with a 3-pixel pad: logit pixel (y, x) covers image
+    # rows 2y - 6 .. 2y - 5. One-hot logits of a square decode to that square in image coordinates.
+    logits = np.zeros((1, 2, 20, 20), np.float32)
+    logits[0, 0] = 1.0
+    logits[0, 0, 5:10, 6:12] = 0.0
+    logits[0, 1, 5:10, 6:12] = 1.0
+    labels = logits_to_labels(logits, out_size=(30, 30), step=(2.0, 2.0), origin=(-6.0, -6.0))
+    expected = np.zeros((30, 30), np.uint8)
+    expected[4:14, 6:18] = 1  # rows 2 * 5 - 6 .. 2 * 10 - 6, columns 2 * 6 - 6 .. 2 * 12 - 6
+    np.testing.assert_array_equal(labels[0], expected)
+
+
+def test_default_mapping_passed_explicitly_is_bit_identical():
+    rng = np.random.default_rng(6)
+    logits = rng.standard_normal((2, 3, 17, 23)).astype(np.float32)
+    for out_size in [(40, 50), (9, 11)]:
+        step = (out_size[0] / 17, out_size[1] / 23)
+        np.testing.assert_array_equal(
+            logits_to_labels(logits, out_size=out_size, step=step, origin=(0.0, 0.0)),
+            logits_to_labels(logits, out_size=out_size),
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"step": (0.0, 1.0)}, ValueError, "step must be positive"),
+        ({"step": (1.0, float("nan"))}, ValueError, "step must be finite"),
+        ({"step": (1.0,)}, TypeError, "step must be a pair"),
+        ({"origin": (float("inf"), 0.0)}, ValueError, "origin must be finite"),
+        ({"origin": "centre"}, TypeError, "origin must be a pair"),
+    ],
+)
+def test_bad_mapping_names_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        logits_to_labels(L, out_size=(8, 8), **kwargs)
+
+
+def test_binding_checks_the_mapping():
+    with pytest.raises(ValueError, match="origin needs a step"):
+        _core.logits_to_labels_cpu(L, 8, 8, origin_x=2.0)
+    with pytest.raises(ValueError, match="step must be finite and positive"):
+        _core.logits_to_labels_cpu(L, 8, 8, step_y=-1.0)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_ties_go_to_the_lowest_class(dtype):
     logits = np.zeros((2, 4, 6, 6), dtype)
@@ -196,13 +286,13 @@ def test_cuda_input_on_cpu_only_build_says_so():
 # ---------------------------------------------------------------- GPU: CUDA labels == CPU labels, bit for bit
 
 
-def _gpu_equals_cpu(logits, out_size):
+def _gpu_equals_cpu(logits, out_size, **mapping):
     import cupy as cp
 
-    cpu = logits_to_labels(logits, out_size=out_size)
+    cpu = logits_to_labels(logits, out_size=out_size, **mapping)
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
-        gpu = logits_to_labels(cp.asarray(logits), out_size=out_size)
+        gpu = logits_to_labels(cp.asarray(logits), out_size=out_size, **mapping)
     stream.synchronize()
     assert isinstance(gpu, cp.ndarray) and gpu.dtype == cp.uint8
     np.testing.assert_array_equal(cp.asnumpy(gpu), cpu)
@@ -233,3 +323,21 @@ def test_gpu_nan_and_ties_match_cpu():
     logits[0, 1:] = 1.0
     logits[1, 2, 4, 4] = np.nan
     _gpu_equals_cpu(logits, (16, 16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("classes", [1, 3, 7])
+@pytest.mark.parametrize("mapping", list(MAPPINGS))
+def test_gpu_general_mapping_matches_cpu_exactly(mapping, classes, dtype):
+    in_size, out_size, step, origin = MAPPINGS[mapping]
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((3, classes) + in_size).astype(dtype)
+    _gpu_equals_cpu(logits, out_size, step=step, origin=origin)
+
+
+@pytest.mark.gpu
+def test_gpu_general_mapping_on_real_labels_matches_cpu(lits117):
+    _, lab = lits117
+    onehot = (lab[:, None] == np.arange(3)[None, :, None, None]).astype(np.float32)
+    _gpu_equals_cpu(onehot, (200, 180), step=(0.8, 0.9), origin=(-16.0, -9.5))
