@@ -1,0 +1,737 @@
+"""Cohorts: thousands of CT series segmented on Ray, every case recorded, an interrupted run resumable.
+
+The flow of one run::
+
+    inputs (files, DICOM folders) -> case names (segmenter.output_names: the same inputs give the same names)
+      -> skip cases the manifest already has as "ok" for the same input and model, outputs present
+      -> per case: a reader task (load_ct, gzip, sha256; no CPU reserved) -> the volume in the object store
+                   -> a CohortWorker actor (one Segmenter, model loaded once; one per GPU or per group of
+                      CPU cores) segments it and writes the outputs atomically, with Segmenter.write_outputs
+      -> one row per case: the journal (append + fsync, per case) and the manifest (CSV + Parquet, rewritten
+         atomically now and then and at the end)
+
+Reading runs apart from inference: a worker holds at most ``queue_depth`` cases (one being segmented, the next
+already read), so a GPU does not wait on gzip, and the driver hands out a new case only when one finishes, so
+memory stays bounded whatever the size of the cohort. A worker is a threaded actor whose inference is serialised
+by a lock: writing one case's mask overlaps the inference of the next.
+
+Failures stay with their case: a file that cannot be read or segmented gets a ``failed`` row with the reason and
+the run goes on. A worker that dies (killed, out of memory) is replaced and the case it was running is retried
+once; the cases queued behind it are sent again without counting an attempt. When the driver itself stops, the
+journal holds every finished case; rerunning into the same output folder skips them.
+
+Ray is imported lazily: ``import resunet_trt.cohort`` needs only numpy and nibabel. Typical use::
+
+    import ray
+    from resunet_trt.cohort import run_cohort
+
+    ray.init()                                   # or ray.init(address="auto") on a cluster
+    summary = run_cohort(["a.nii.gz", "dicom_series/"], "out/", overlay=True)
+    print(summary.done, summary.failed, summary.cases_per_minute)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as _dt
+import io as _io
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .segmenter import MASK_FORMATS, STAGES, output_names
+
+logger = logging.getLogger(__name__)
+
+#: File names inside the output folder.
+MANIFEST_CSV = "cohort_manifest.csv"
+MANIFEST_PARQUET = "cohort_manifest.parquet"
+JOURNAL = ".cohort_journal.jsonl"
+
+#: Per-stage seconds recorded in the manifest: the Segmenter's stages and the case's wall time.
+TIMING_COLUMNS = tuple(f"{stage}_s" for stage in (*STAGES, "total"))
+
+#: The manifest's columns, in order, with their types (str, float, int).
+MANIFEST_COLUMNS: tuple[tuple[str, type], ...] = (
+    ("case", str),
+    ("input", str),
+    ("input_sha256", str),
+    ("series_uid", str),
+    ("status", str),
+    ("error", str),
+    ("liver_ml", float),
+    ("tumor_ml", float),
+    ("tumor_burden", float),
+    ("lesion_count", int),
+    *((name, float) for name in TIMING_COLUMNS),
+    ("node", str),
+    ("device", str),
+    ("backend", str),
+    ("worker", str),
+    ("model_sha256", str),
+    ("attempts", int),
+    ("mask", str),
+    ("dicom_seg", str),
+    ("report", str),
+    ("overlay", str),
+    ("finished_utc", str),
+)
+_COLUMN_TYPES = dict(MANIFEST_COLUMNS)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError("cohorts need Ray: pip install 'resunet-trt[cohort]' (ray, pyarrow)") from exc
+    return ray
+
+
+# --------------------------------------------------------------------------------------------------
+# Cases and their names
+# --------------------------------------------------------------------------------------------------
+def read_case_list(path: str | os.PathLike[str]) -> list[Path]:
+    """The inputs listed in a CSV file: the ``path`` (or ``input``) column, else the first column.
+
+    Relative paths are taken relative to the CSV's folder. Empty cells are skipped.
+
+    Args:
+        path: a CSV file with a header row.
+
+    Returns:
+        the listed paths, in order.
+
+    Raises:
+        FileNotFoundError: the CSV does not exist.
+        ValueError: the CSV has no header row or lists nothing.
+    """
+    csv_path = Path(path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"case list not found: {csv_path}")
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames:
+            raise ValueError(f"{csv_path}: expected a CSV with a header row (e.g. 'path'), got an empty file")
+        fields = [f.strip() for f in reader.fieldnames]
+        column = next((f for f in ("path", "input") if f in fields), fields[0])
+        raw = reader.fieldnames[fields.index(column)]
+        paths = []
+        for row in reader:
+            cell = (row.get(raw) or "").strip()
+            if cell:
+                p = Path(cell).expanduser()
+                paths.append(p if p.is_absolute() else csv_path.parent / p)
+    if not paths:
+        raise ValueError(f"{csv_path}: column {column!r} lists no input")
+    return paths
+
+
+def input_identity(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """What a case's input is, for the manifest and for resuming: ``(sha256 of the file, "")`` for a file,
+    ``("", SeriesInstanceUID)`` for a DICOM folder (``""`` when the folder holds no single series)."""
+    from .engine import sha256_file
+
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p), ""
+    if not p.is_dir():
+        return "", ""
+    import pydicom
+
+    uids: set[str] = set()
+    for file in sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except Exception:  # noqa: BLE001 - not a DICOM file: load_ct skips it too
+            continue
+        uids.add(str(ds.get("SeriesInstanceUID", "")))
+    return "", (uids.pop() if len(uids) == 1 else "")
+
+
+# --------------------------------------------------------------------------------------------------
+# The manifest
+# --------------------------------------------------------------------------------------------------
+def empty_row(case: str, input_path: str) -> dict[str, Any]:
+    """A manifest row with every column, nothing measured yet (status ``failed`` until a worker says ok)."""
+    row: dict[str, Any] = {name: None for name, _ in MANIFEST_COLUMNS}
+    row.update(case=case, input=input_path, status="failed", error="", attempts=0)
+    return row
+
+
+def write_manifest(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write the run manifest, ``cohort_manifest.csv`` and ``cohort_manifest.parquet``, atomically.
+
+    Args:
+        rows: one dict per case with the keys of :data:`MANIFEST_COLUMNS` (missing keys are empty).
+        out_dir: the cohort's output folder.
+
+    Returns:
+        (CSV path, Parquet path).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .io import atomic_write
+
+    out = Path(out_dir)
+    names = [name for name, _ in MANIFEST_COLUMNS]
+    text = _io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=names, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in names})
+    csv_path, parquet_path = out / MANIFEST_CSV, out / MANIFEST_PARQUET
+    with atomic_write(csv_path) as tmp:
+        tmp.write_text(text.getvalue(), encoding="utf-8")
+    arrow_type = {str: pa.string(), float: pa.float64(), int: pa.int64()}
+    schema = pa.schema([(name, arrow_type[kind]) for name, kind in MANIFEST_COLUMNS])
+    table = pa.Table.from_pylist([{k: row.get(k) for k in names} for row in rows], schema=schema)
+    with atomic_write(parquet_path) as tmp:
+        pq.write_table(table, tmp)
+    return csv_path, parquet_path
+
+
+def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a manifest CSV back into rows typed as :data:`MANIFEST_COLUMNS` say (empty cells -> None)."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for raw in csv.DictReader(fh):
+            rows.append({k: _typed(k, v) for k, v in raw.items() if k in _COLUMN_TYPES})
+    return rows
+
+
+def _typed(column: str, value: Any) -> Any:
+    if value is None or value == "":
+        return "" if column == "error" else None
+    kind = _COLUMN_TYPES[column]
+    return kind(float(value)) if kind is int else kind(value)
+
+
+def _previous_rows(out: Path) -> dict[str, dict[str, Any]]:
+    """Rows of earlier runs into ``out``, by absolute input path: the journal (later lines win) when present,
+    else the CSV manifest. A line torn by a crash is ignored."""
+    rows: dict[str, dict[str, Any]] = {}
+    journal = out / JOURNAL
+    if journal.is_file():
+        with open(journal, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    logger.warning("%s: skipping a torn line", journal)
+                    continue
+                if isinstance(row, dict) and row.get("input"):
+                    rows[str(row["input"])] = row
+    elif (out / MANIFEST_CSV).is_file():
+        for row in read_manifest(out / MANIFEST_CSV):
+            if row.get("input"):
+                rows[str(row["input"])] = row
+    return rows
+
+
+def _already_done(
+    row: Mapping[str, Any] | None, name: str, model_sha256: str, *, overlay: bool, report: bool, mask_format: str
+) -> bool:
+    """Whether a previous row stands for this case: ok, same name and model, the outputs asked for present."""
+    if row is None or row.get("status") != "ok" or row.get("case") != name:
+        return False
+    if row.get("model_sha256") != model_sha256:
+        return False
+    wanted = {"auto": ["mask"], "nifti": ["mask"], "dicom-seg": ["dicom_seg"], "both": ["mask", "dicom_seg"]}
+    kinds = wanted[mask_format] + (["report"] if report else []) + (["overlay"] if overlay else [])
+    recorded = [k for k in ("mask", "dicom_seg", "report", "overlay") if row.get(k)]
+    return all(row.get(k) for k in kinds) and all(Path(row[k]).is_file() for k in recorded)
+
+
+# --------------------------------------------------------------------------------------------------
+# What runs on the cluster
+# --------------------------------------------------------------------------------------------------
+def load_case(path: str) -> dict[str, Any]:
+    """Read one case (run as a Ray task, apart from inference): its CTVolume, read seconds and identity.
+
+    Returns:
+        ``{"volume", "read_s", "input_sha256", "series_uid"}``, or ``{"error", ...}`` when it cannot be read
+        (the message names the input).
+    """
+    from .engine import sha256_file
+    from .io import load_ct
+    from .segmenter import _name_file
+
+    p = Path(path)
+    out: dict[str, Any] = {"input_sha256": "", "series_uid": ""}
+    t0 = time.perf_counter()
+    try:
+        volume = load_ct(p)
+        out["read_s"] = time.perf_counter() - t0
+        out["volume"] = volume
+        out["series_uid"] = str(volume.meta.get("series_uid", "")) if p.is_dir() else ""
+    except Exception as exc:  # noqa: BLE001 - a bad case becomes a failed row, not a failed run
+        out["error"] = str(_name_file(exc, path))
+    if p.is_file():
+        with contextlib.suppress(OSError):
+            out["input_sha256"] = sha256_file(p)
+    return out
+
+
+class CohortWorker:
+    """One Segmenter (the model loaded once) that segments cases and writes their outputs (a Ray actor).
+
+    Args:
+        segmenter: keyword arguments of :class:`resunet_trt.segmenter.Segmenter`.
+        out_dir: the output folder (shared by every worker; names are unique per case).
+        overlay: also write PNG overlays.
+        report: also write JSON reports.
+        mask_format: ``"auto"``, ``"nifti"``, ``"dicom-seg"`` or ``"both"`` (see
+            :func:`resunet_trt.segmenter.mask_outputs`).
+        name: the worker's name in the manifest.
+    """
+
+    def __init__(
+        self,
+        segmenter: Mapping[str, Any],
+        out_dir: str,
+        *,
+        overlay: bool,
+        report: bool,
+        mask_format: str,
+        name: str,
+    ) -> None:
+        from .segmenter import Segmenter
+
+        self.segmenter = Segmenter(**dict(segmenter))
+        self.model_sha256 = self.segmenter.model_sha256 or ""
+        self.out_dir = Path(out_dir)
+        self.overlay, self.report, self.mask_format, self.name = overlay, report, mask_format, name
+        self.node = socket.gethostname()
+        self._infer = threading.Lock()  # one inference at a time; writing the previous case overlaps it
+        self.cases = 0
+
+    def info(self) -> dict[str, Any]:
+        """Where this worker runs and what model it loaded."""
+        import ray
+
+        return {
+            "name": self.name,
+            "node": self.node,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "device": self.segmenter.device,
+            "backend": self.segmenter.backend.name,
+            "model_sha256": self.model_sha256,
+            "pid": os.getpid(),
+        }
+
+    def segment(self, row: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
+        """Segment one read case and write its outputs; returns its manifest row (status ok or failed)."""
+        from .segmenter import _name_file
+
+        row = dict(row)
+        row.update(
+            node=self.node,
+            device=self.segmenter.device,
+            backend=self.segmenter.backend.name,
+            worker=self.name,
+            model_sha256=self.model_sha256,
+            input_sha256=loaded.get("input_sha256", ""),
+            series_uid=loaded.get("series_uid", ""),
+        )
+        try:
+            if "error" in loaded:
+                raise ValueError(loaded["error"])
+            with self._infer:
+                result = self.segmenter.segment(loaded["volume"])
+            result.timings["read"] = float(loaded["read_s"])
+            result.timings["total"] += result.timings["read"]
+            outputs = self.segmenter.write_outputs(
+                result,
+                self.out_dir,
+                row["case"],
+                overlay=self.overlay,
+                report=self.report,
+                mask_format=self.mask_format,
+            )
+        except Exception as exc:  # noqa: BLE001 - recorded in the row, the run goes on
+            row.update(status="failed", error=str(_name_file(exc, row["input"])))
+            logger.error("%s", row["error"])
+        else:
+            row.update(
+                status="ok",
+                error="",
+                liver_ml=float(result.liver_volume_ml),
+                tumor_ml=float(result.tumor_volume_ml),
+                tumor_burden=float(result.tumor_burden),
+                lesion_count=len(result.lesions),
+                **{f"{k}_s": float(result.timings.get(k, 0.0)) for k in (*STAGES, "total")},
+                **{kind: str(p) for kind, p in outputs.items()},
+            )
+            self.cases += 1
+        row["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        return row
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class CohortSummary:
+    """What :func:`run_cohort` did.
+
+    Attributes:
+        rows: the manifest, one row per input, in input order.
+        done: cases segmented in this run.
+        failed: cases that failed in this run.
+        skipped: cases already done by an earlier run (same input, model and outputs).
+        retried: cases sent again after their worker died.
+        workers_replaced: workers that died and were replaced.
+        seconds: wall time of the run (workers started to manifest written).
+        model_sha256: the model's sha256, as the workers loaded it.
+        manifest: the CSV and Parquet manifest paths.
+    """
+
+    rows: list[dict[str, Any]]
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    retried: int = 0
+    workers_replaced: int = 0
+    seconds: float = 0.0
+    model_sha256: str = ""
+    manifest: tuple[Path, Path] | None = None
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def cases_per_minute(self) -> float:
+        """Cases finished (ok or failed) in this run per minute of wall time."""
+        n = self.done + self.failed
+        return 60.0 * n / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Progress:
+    """Cases done, failed, throughput and ETA: a tqdm bar when tqdm is there, else a log line every 10 s."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.total, self.done, self.failed = total, 0, 0
+        self.t0 = self._last_log = time.perf_counter()
+        self.bar = None
+        self.enabled = enabled
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                import sys
+
+                self.bar = tqdm(total=total, desc="cohort", unit="case", file=sys.stderr)
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.t0
+        n = self.done + self.failed
+        rate = n / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - n) / rate if rate > 0 else math.inf
+        eta_text = "?" if math.isinf(eta) else f"{eta / 60:.1f} min"
+        return (
+            f"{n}/{self.total} cases, {self.failed} failed, {60 * rate:.1f} cases/min, ETA {eta_text}"
+        )
+
+    def update(self, ok: bool) -> None:
+        self.done += ok
+        self.failed += not ok
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(ok=self.done, failed=self.failed, refresh=False)
+        elif self.enabled and time.perf_counter() - self._last_log >= 10.0:
+            self._last_log = time.perf_counter()
+            logger.info("cohort: %s", self.line())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.enabled:
+            logger.info("cohort: %s", self.line())
+
+
+def _check_count(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _worker_plan(
+    ray: Any, device: str, num_workers: int | None, cpus_per_worker: float | None
+) -> tuple[int, dict[str, Any], str]:
+    """(number of workers, Ray resource options per worker, the device a worker asks its Segmenter for)."""
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+    dev = device.strip().lower()
+    use_gpu = dev.startswith("cuda") or (dev == "auto" and gpus > 0)
+    if use_gpu:
+        if gpus == 0:
+            raise ValueError(f"device={device!r} asks for GPUs, but the Ray cluster has none ({resources})")
+        # Ray sets CUDA_VISIBLE_DEVICES per actor, so each worker's GPU is its cuda:0.
+        return num_workers or gpus, {"num_gpus": 1, "num_cpus": cpus_per_worker or 1}, "cuda"
+    per = cpus_per_worker or max(1.0, min(4.0, cpus // 2))
+    # Reading needs no reserved CPU (reads are bounded by the queue), but leave it some cores to use.
+    count = num_workers or max(1, int((cpus - max(1.0, cpus // 8)) // per))
+    return count, {"num_cpus": per}, "cpu"
+
+
+def run_cohort(
+    inputs: Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    backend: str = "auto",
+    batch_size: int = 16,
+    min_lesion_voxels: int = 10,
+    overlay: bool = False,
+    report: bool = True,
+    mask_format: str = "auto",
+    num_workers: int | None = None,
+    cpus_per_worker: float | None = None,
+    queue_depth: int = 2,
+    max_retries: int = 1,
+    resume: bool = True,
+    progress: bool = True,
+    flush_seconds: float = 10.0,
+    on_case: Callable[[dict[str, Any]], None] | None = None,
+) -> CohortSummary:
+    """Segment a cohort on the Ray cluster this process is connected to (a local one is started if none).
+
+    Args:
+        inputs: NIfTI files and DICOM series folders (see :func:`read_case_list` for CSV lists).
+        out_dir: output folder: ``<case>_mask.nii.gz`` (+ report, overlay) per case, the manifest, the journal.
+        model, device, backend, batch_size, min_lesion_voxels: as for :class:`resunet_trt.segmenter.Segmenter`;
+            ``device="auto"`` means one worker per GPU when the cluster has GPUs, else CPU workers.
+        overlay: also write PNG overlays.
+        report: also write JSON lesion reports.
+        mask_format: ``"auto"`` (NIfTI, and a DICOM-SEG for DICOM input), ``"nifti"``, ``"dicom-seg"`` or
+            ``"both"`` (see :func:`resunet_trt.segmenter.mask_outputs`).
+        num_workers: workers to start (default: one per GPU, or the CPUs divided by ``cpus_per_worker``).
+        cpus_per_worker: CPUs each worker reserves (default: 1 beside a GPU; else min(4, CPUs / 2)).
+        queue_depth: cases held per worker (one segmented, the others read and waiting); bounds memory.
+        max_retries: times a case is sent again after its worker died.
+        resume: skip cases an earlier run into ``out_dir`` finished with the same input and model.
+        progress: show a progress bar (or log lines without tqdm).
+        flush_seconds: the manifest files are rewritten at most this often during the run (the journal gets
+            every case at once).
+        on_case: called in this process with each finished row.
+
+    Returns:
+        a :class:`CohortSummary`; the manifest is in ``out_dir``.
+
+    Raises:
+        TypeError/ValueError: a bad argument, named.
+        RuntimeError: the workers cannot start (the model cannot be loaded), or keep dying.
+    """
+    queue_depth = _check_count(queue_depth, "queue_depth", 1)
+    max_retries = _check_count(max_retries, "max_retries", 0)
+    if num_workers is not None:
+        _check_count(num_workers, "num_workers", 1)
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"out_dir must be a path, got {type(out_dir).__name__}")
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise ValueError("inputs must list at least one case, got none")
+    keys = [os.path.abspath(p) for p in paths]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"inputs must not list the same case twice, got {dup} more than once")
+    names = output_names(paths)
+    ray = _import_ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not ray.is_initialized():
+        logger.info("no Ray cluster connected: starting a local one")
+        ray.init(include_dashboard=False)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    count, resources, worker_device = _worker_plan(ray, device, num_workers, cpus_per_worker)
+    seg_kwargs = {
+        "model": None if model is None else os.path.abspath(model),
+        "device": worker_device,
+        "backend": backend,
+        "batch_size": batch_size,
+        "min_lesion_voxels": min_lesion_voxels,
+    }
+    actor_cls = ray.remote(CohortWorker)
+    # Reads reserve no CPU: their number is bounded by the queues, and none can starve behind the workers.
+    read_task = ray.remote(num_cpus=0, max_retries=2)(load_case)
+    run_id = uuid.uuid4().hex[:8]
+    spawned = 0
+
+    def spawn() -> tuple[Any, dict[str, Any]]:
+        nonlocal spawned
+        name = f"resunet-cohort-{run_id}-w{spawned}"
+        spawned += 1
+        actor = actor_cls.options(name=name, max_concurrency=2, max_restarts=0, **resources).remote(
+            seg_kwargs,
+            str(out.resolve()),
+            overlay=overlay,
+            report=report,
+            mask_format=mask_format,
+            name=name,
+        )
+        try:
+            return actor, ray.get(actor.info.remote())
+        except ray.exceptions.RayActorError as exc:
+            raise RuntimeError(f"a cohort worker could not start: {exc}") from exc
+
+    workers: dict[str, tuple[Any, dict[str, Any]]] = {}
+    try:
+        for _ in range(count):
+            actor, info = spawn()
+            workers[info["name"]] = (actor, info)
+    except BaseException:
+        for actor, _ in workers.values():
+            ray.kill(actor)
+        raise
+    shas = {info["model_sha256"] for _, info in workers.values()}
+    if len(shas) != 1:
+        raise RuntimeError(f"the workers loaded different models (sha256 {sorted(shas)}); pass model=")
+    model_sha = shas.pop()
+    summary = CohortSummary(rows=[], model_sha256=model_sha, workers=[i for _, i in workers.values()])
+    logger.info("cohort: %d workers %s, model sha256 %s", count, resources, model_sha[:12])
+
+    # Resume: earlier rows that stand for this case, with the same input, model and outputs.
+    previous = _previous_rows(out) if resume else {}
+    rows: dict[str, dict[str, Any]] = {}
+    candidates = [
+        i
+        for i, key in enumerate(keys)
+        if _already_done(
+            previous.get(key), names[i], model_sha, overlay=overlay, report=report, mask_format=mask_format
+        )
+    ]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        identities = dict(zip(candidates, pool.map(lambda i: input_identity(paths[i]), candidates)))
+    todo: deque[tuple[int, int]] = deque()  # (case index, attempts so far)
+    for i, key in enumerate(keys):
+        prev = previous.get(key)
+        if i in identities and prev is not None and identities[i] == (
+            prev.get("input_sha256") or "",
+            prev.get("series_uid") or "",
+        ):
+            rows[key] = prev
+            summary.skipped += 1
+        else:
+            todo.append((i, 0))
+    if summary.skipped:
+        logger.info("cohort: %d of %d cases already done, skipped", summary.skipped, len(paths))
+
+    journal = open(out / JOURNAL, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
+    bar = _Progress(len(todo), enabled=progress)
+    pending: dict[Any, tuple[str, int, int]] = {}  # ref -> (worker name, case index, attempts)
+    queued: dict[str, deque[Any]] = {name: deque() for name in workers}
+    last_flush = time.perf_counter()
+
+    def finish(index: int, row: dict[str, Any]) -> None:
+        nonlocal last_flush
+        rows[keys[index]] = row
+        journal.write(json.dumps(row, allow_nan=False) + "\n")
+        journal.flush()
+        os.fsync(journal.fileno())
+        summary.done += row["status"] == "ok"
+        summary.failed += row["status"] != "ok"
+        bar.update(row["status"] == "ok")
+        if on_case is not None:
+            on_case(row)
+        if time.perf_counter() - last_flush >= flush_seconds:
+            write_manifest(_ordered(rows, keys), out)
+            last_flush = time.perf_counter()
+
+    def submit(worker: str, index: int, attempts: int) -> None:
+        actor, info = workers[worker]
+        # Read where the worker is, so the volume does not cross the network.
+        strategy = NodeAffinitySchedulingStrategy(info["node_id"], soft=True)
+        loaded = read_task.options(scheduling_strategy=strategy).remote(str(paths[index]))
+        row = empty_row(names[index], keys[index])
+        row["attempts"] = attempts + 1
+        ref = actor.segment.remote(row, loaded)
+        pending[ref] = (worker, index, attempts + 1)
+        queued[worker].append(ref)
+
+    def replace_dead(worker: str, ref: Any, index: int, attempts: int, exc: BaseException) -> None:
+        """A worker died: its oldest case was running and is charged the attempt (retried while it has retries
+        left, else failed); the cases queued behind it go back to the front of the queue uncharged."""
+        lost = []
+        for r in queued.pop(worker):
+            lost.append((index, attempts) if r == ref else pending.pop(r)[1:])
+        workers.pop(worker)
+        logger.warning("cohort: worker %s died (%s); replacing it", worker, type(exc).__name__)
+        (first, tries), rest = lost[0], lost[1:]
+        for i, a in reversed(rest):
+            todo.appendleft((i, a - 1))
+        if tries <= max_retries:
+            todo.appendleft((first, tries))
+            summary.retried += 1
+        else:
+            row = empty_row(names[first], keys[first])
+            row.update(attempts=tries, error=f"{keys[first]}: the worker died {tries} times on this case: {exc}")
+            finish(first, row)
+        summary.workers_replaced += 1
+        if summary.workers_replaced > max(2, 2 * count):
+            raise RuntimeError(f"cohort workers keep dying ({summary.workers_replaced} replaced); last: {exc}")
+        actor, info = spawn()
+        workers[info["name"]] = (actor, info)
+        queued[info["name"]] = deque()
+
+    try:
+        while todo or pending:
+            for worker in list(workers):
+                while todo and len(queued[worker]) < queue_depth:
+                    submit(worker, *todo.popleft())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
+            for ref in ready:
+                if ref not in pending:
+                    continue
+                worker, index, attempts = pending.pop(ref)
+                try:
+                    row = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    replace_dead(worker, ref, index, attempts, exc)
+                    continue
+                except ray.exceptions.RayError as exc:  # a read task that crashed its process, and similar
+                    row = empty_row(names[index], keys[index])
+                    row.update(attempts=attempts, error=f"{keys[index]}: {type(exc).__name__}: {exc}")
+                queued[worker].remove(ref)
+                finish(index, row)
+    finally:
+        bar.close()
+        journal.close()
+        for actor, _ in workers.values():
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        summary.rows = _ordered(rows, keys)
+        summary.manifest = write_manifest(summary.rows, out)
+        # The journal is compacted to one line per input, keeping rows of inputs this run did not list.
+        _compact_journal(out, {**previous, **rows})
+        summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _ordered(rows: Mapping[str, dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    return [rows[k] for k in keys if k in rows]
+
+
+def _compact_journal(out: Path, rows: Mapping[str, Mapping[str, Any]]) -> None:
+    from .io import atomic_write
+
+    with atomic_write(out / JOURNAL) as tmp:
+        tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in rows.values()), encoding="utf-8")
