@@ -294,7 +294,9 @@ def axis_matrix(n_out, n_in, step, origin):
     return m
 
 
-def reference_general(volume, *, window=WINDOW, out_size, context, step, origin, slice_step, start=0, stop=None):
+def reference_general(
+    volume, *, window=WINDOW, out_size, context, step, origin, slice_step, start=0, stop=None
+):
     """float64 (stop - start, K, h, w) of the general mapping: separable matrices and a linear slice blend."""
     lo, hi = window
     depth, height, width = volume.shape
@@ -367,7 +369,9 @@ def test_default_mapping_passed_explicitly_is_bit_identical():
     for out_size in [(20, 28), (64, 80)]:
         default = preprocess(vol, out_size=out_size, dtype="float32")
         step = (37 / out_size[0], 53 / out_size[1])
-        explicit = preprocess(vol, out_size=out_size, step=step, origin=(0.0, 0.0), slice_step=1.0, dtype="float32")
+        explicit = preprocess(
+            vol, out_size=out_size, step=step, origin=(0.0, 0.0), slice_step=1.0, dtype="float32"
+        )
         np.testing.assert_array_equal(explicit.view(np.uint32), default.view(np.uint32))
         assert_close(default, reference(vol, out_size=out_size), "float32")
 
@@ -459,13 +463,13 @@ def test_binding_checks_the_mapping(kwargs, match):
         # 512 * 0.8 / 1.6 = 256 pixels exactly: the plain 2x resize.
         ((512, 512), (0.8, 0.8), 1.6, 256, 16, (256, 256), (2.0, 2.0), (0.0, 0.0)),
         # y: 512 * 0.7 / 1.6 = 224 (a multiple of 32); x: 400 * 0.9 / 1.6 = 225 -> 256.
-        ((512, 400), (0.7, 0.9), 1.6, 64, 32, (224, 256), (1.6 / 0.7, 1.6 / 0.9), (0.0, 200 - 128 * 1.6 / 0.9)),
+        ((512, 400), (0.7, 0.9), 1.6, 64, 32, (224, 256), (1.6 / 0.7, 1.6 / 0.9), (0.0, 200 - 128 / 0.5625)),
         # A small plane pads up to min_size: y 100 -> 62.5 -> 64 < 128; origin = 50 - 64 * 1.6.
         ((100, 80), (1.0, 1.0), 1.6, 128, 16, (128, 128), (1.6, 1.6), (50 - 64 * 1.6, 40 - 64 * 1.6)),
         # 512 * 0.6 / 1.2 is 256.00000000000006 in float64: still 256 pixels, not 272.
         ((512, 512), (0.6, 0.6), 1.2, 16, 16, (256, 256), (2.0, 2.0), (0.0, 0.0)),
         # 3 mm slices to 1.6 mm pixels: 101 * 3 / 1.6 = 189.4 -> 190 -> 192.
-        ((101, 122), (3.0, 3.0), 1.6, 16, 16, (192, 240), (1.6 / 3, 1.6 / 3), (50.5 - 96 * 1.6 / 3, 61 - 120 * 1.6 / 3)),
+        ((101, 122), (3.0, 3.0), 1.6, 16, 16, (192, 240), (1.6 / 3, 1.6 / 3), (50.5 - 51.2, 61 - 64.0)),
         # min_size is rounded up to the divisor too.
         ((10, 10), (1.0, 1.0), 1.0, 100, 16, (112, 112), (1.0, 1.0), (5 - 56.0, 5 - 56.0)),
         # pixel_mm None: the plain resize to min_size.
