@@ -159,3 +159,96 @@ def test_export_logs_only_its_own_lines(tmp_path):
     assert out.is_file()
     assert lines == [f"INFO resunet_trt.export: exported fp32 ONNX (opset 18) to {out}",
                      "INFO onnxscript: the caller's own onnxscript logging still shows"], lines
+
+
+# ---- item 13: the overlay says what it shows -----------------------------------------------------------------
+
+_GAP, _TITLE = 4, 14  # the overlay's layout: views side by side 4 px apart under a 14 px title strip
+
+
+def _direction_letter(vec: np.ndarray) -> str:
+    """Patient direction of a world vector in RAS+ (+x patient right, +y anterior, +z superior), by its largest
+    component."""
+    axis = int(np.argmax(np.abs(vec)))
+    return ("RL", "AP", "SI")[axis][0 if vec[axis] > 0 else 1]
+
+
+def test_overlay_letters_follow_the_affine_of_a_real_scan():
+    from resunet_trt.io import load_ct
+    from resunet_trt.overlay import overlay_views
+
+    vol = load_ct(DATA / "totalseg_abdomen3mm" / "ct.nii.gz")
+    hu = vol.hu
+    d, h, w = (s // 2 for s in hu.shape)
+    views = overlay_views(hu, np.zeros(hu.shape, np.uint8), vol.spacing, (d, h, w))
+    step = vol.affine[:3, :3]  # columns: world mm per step along d, h, w
+    # what each view shows (checked on the pixels) and hence the world direction of image down and right
+    expected = [(hu[d], step[:, 1], step[:, 2]), (hu[::-1, h, :], -step[:, 0], step[:, 2]),
+                (hu[::-1, :, w], -step[:, 0], step[:, 1])]
+    assert [v.title.split()[0] for v in views] == ["axial", "coronal", "sagittal"]
+    for view, (plane, down, right) in zip(views, expected):
+        assert np.array_equal(view.ct, plane)
+        top, bottom, left, right_letter = view.letters
+        assert (bottom, right_letter) == (_direction_letter(down), _direction_letter(right)), view.title
+        assert (top, left) == (_direction_letter(-down), _direction_letter(-right)), view.title
+
+
+def test_overlay_titles_carry_one_based_slice_numbers():
+    from resunet_trt.overlay import crossing_point, overlay_views, render_overlay
+
+    labels = np.zeros((20, 30, 40), np.uint8)
+    labels[4:7, 10:13, 20:23] = 1  # liver block centred at (5, 11, 21)
+
+    at = crossing_point(labels, [])
+    assert at == (5, 11, 21)
+    views = overlay_views(np.zeros(labels.shape, np.int16), labels, (5.0, 1.0, 1.0), at)
+    assert [v.title for v in views] == ["axial 6/20", "coronal 12/30", "sagittal 22/40"]
+    render_overlay(np.zeros(labels.shape, np.int16), labels, (5.0, 1.0, 1.0))  # draws without error
+
+
+def test_a_three_slice_series_shows_three_full_axial_views(data_dir):
+    from resunet_trt.io import load_ct, load_label
+    from resunet_trt.overlay import LIVER_RGB, render_overlay
+
+    vol = load_ct(data_dir / "dicom_ct3slice" / "series")
+    liver = (load_label(data_dir / "dicom_ct3slice" / "label_liver1_spine2.nii.gz", vol) == 1).astype(np.uint8)
+    assert liver.shape[0] == 3
+    image = np.asarray(render_overlay(vol.hu, liver, vol.spacing, view_size=192)).astype(np.int16)
+    # a 512 x 512 plane of square pixels: three 192 x 192 views
+    assert image.shape == (192 + _TITLE, 3 * 192 + 2 * _GAP, 3)
+    green = (image[..., 1] - image[..., 0] > 40) & (image[..., 1] - image[..., 2] > 40)
+    green[image[..., 1] == LIVER_RGB[1]] = False  # the legend swatch
+    for k in range(3):
+        panel = green[_TITLE:, k * (192 + _GAP) : k * (192 + _GAP) + 192]
+        assert abs(panel.mean() - liver[k].mean()) < 0.01, k  # view k shows slice k's liver
+
+
+def test_overlay_has_a_legend_and_a_scale_bar():
+    from resunet_trt.overlay import LIVER_RGB, TUMOR_RGB, render_overlay
+
+    # black CT, no labels: every coloured or white pixel is an annotation
+    hu = np.full((40, 100, 100), -1000, np.int16)
+    image = np.asarray(render_overlay(hu, np.zeros(hu.shape, np.uint8), (1.0, 1.0, 1.0), view_size=384))
+    axial = image[_TITLE:, :384]
+    lower_left = axial[192:, :192]
+    for colour in (LIVER_RGB, TUMOR_RGB):
+        assert (lower_left == colour).all(axis=-1).sum() >= 25, colour  # a swatch of at least 5 x 5
+    assert not (axial[:, 192:] == LIVER_RGB).all(axis=-1).any()
+    # 100 mm over 384 px; a round length of at most a quarter of the width: 20 mm = 76.8 px
+    white = (axial == 255).all(axis=-1)
+    runs = [np.diff(np.flatnonzero(np.diff(np.r_[0, row.astype(np.int8), 0]))) for row in white]
+    longest = max((int(r[::2].max()) for r in runs if r.size), default=0)
+    assert abs(longest - 20 * 384 / 100) <= 1.5, longest
+
+
+def test_overlay_names_the_case_in_the_first_view_only():
+    from resunet_trt.overlay import render_overlay
+
+    hu = np.full((40, 100, 100), -1000, np.int16)
+    labels = np.zeros(hu.shape, np.uint8)
+    plain = np.asarray(render_overlay(hu, labels, (1.0, 1.0, 1.0), view_size=256))
+    named = np.asarray(render_overlay(hu, labels, (1.0, 1.0, 1.0), view_size=256, case="liver_7"))
+    changed = (plain != named).any(axis=-1)
+    rows, cols = np.nonzero(changed)
+    assert rows.size > 20
+    assert rows.min() >= _TITLE and rows.max() < _TITLE + 40 and cols.max() < 128

@@ -692,7 +692,7 @@ class Segmenter:
 
                 overlay_path = out / f"{name}_overlay.png"
                 lo, hi = self.metadata.window
-                write_overlay(overlay_path, result, window=(float(lo), float(hi)))
+                write_overlay(overlay_path, result, window=(float(lo), float(hi)), case=name)
                 outputs["overlay"] = overlay_path
             if report:
                 from .report import write_report
