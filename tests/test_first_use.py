@@ -252,3 +252,49 @@ def test_overlay_names_the_case_in_the_first_view_only():
     rows, cols = np.nonzero(changed)
     assert rows.size > 20
     assert rows.min() >= _TITLE and rows.max() < _TITLE + 40 and cols.max() < 128
+
+
+# ---- item 14: every option's help says its default ----------------------------------------------------------
+
+_PARSERS = [
+    ("resunet-seg", "resunet_trt.cli.seg", "build_parser"),
+    ("resunet-bench", "resunet_trt.cli.bench", "build_parser"),
+    ("resunet-build", "resunet_trt.cli.build", "_parser"),
+    ("resunet-eval", "resunet_trt.cli.eval", "build_parser"),
+    ("resunet-demo", "resunet_trt.cli.demo", "build_parser"),
+    ("resunet-cohort", "resunet_trt.cli.cohort", "build_parser"),
+    ("python -m resunet_trt.export", "resunet_trt.export", "build_parser"),
+    ("python training/train.py", "training.train", "build_parser"),
+]
+
+
+def _option_help(parser, action) -> str:
+    """The help text of one option as ``--help`` prints it (``%(default)s`` and the like expanded)."""
+    formatter = parser._get_formatter()  # noqa: SLF001 - argparse has no public per-action help
+    formatter.add_argument(action)
+    return " ".join(formatter.format_help().split())
+
+
+@pytest.mark.parametrize(("prog", "module", "factory"), _PARSERS, ids=[p[0] for p in _PARSERS])
+def test_help_of_every_option_with_a_default_names_it(prog, module, factory):
+    import argparse
+    import importlib
+
+    parser = getattr(importlib.import_module(module), factory)()
+    missing = []
+    for action in parser._actions:  # noqa: SLF001
+        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:  # noqa: SLF001
+            continue
+        default = action.default
+        if default is None or default is False or default == [] or default == argparse.SUPPRESS:
+            continue  # "not given" needs no mention
+        if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+            continue
+        if isinstance(default, (tuple, list)):  # as typed on the command line: 2.5,0.8,0.8
+            shown = ",".join(str(v) for v in default)
+        else:
+            shown = str(default.name if hasattr(default, "name") and not isinstance(default, str) else default)
+        text = _option_help(parser, action)
+        if not any(form in text for form in (f"default: {shown}", f"default {shown}", f"{shown} (default)")):
+            missing.append(f"{'/'.join(action.option_strings) or action.dest} (default {shown!r}): {text}")
+    assert not missing, f"{prog}: help without its default:\n" + "\n".join(missing)

@@ -767,7 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a config value, e.g. optim.lr=1e-3 (value parsed as YAML); repeatable")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="run at most N epochs now (the schedule still spans optim.epochs); continue with --resume")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun sets the local GPU)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (torchrun sets the local GPU; default: %(default)s)")
     p.add_argument("--export", type=Path, metavar="PT",
                    help="after training, copy the best checkpoint to this path (e.g. the bundled default model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -23,6 +23,7 @@ All files are written atomically (temporary file in the target directory, then `
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import logging
@@ -659,20 +660,30 @@ def export_all(
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m resunet_trt.export model.pt -o out_dir --calib-data DIR``: all three ONNX variants."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m resunet_trt.export", description=main.__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of :func:`main`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m resunet_trt.export",
+        description="Checkpoint (.pt) -> fp32, FP16 and INT8 (Q/DQ) ONNX files.",
+    )
     parser.add_argument("checkpoint", help="the .pt checkpoint")
     parser.add_argument("-o", "--out-dir", required=True, help="folder for the .onnx files")
     parser.add_argument("--stem", default="model", help="file name stem (default: model)")
     parser.add_argument(
         "--calib-data", help="folder of CT volumes for INT8 calibration (needed unless --no-int8)"
     )
-    parser.add_argument("--method", choices=CALIBRATION_METHODS, default="percentile")
+    parser.add_argument(
+        "--method", choices=CALIBRATION_METHODS, default="percentile",
+        help="INT8 activation range calibration (default: %(default)s)",
+    )
     parser.add_argument("--no-fp16", action="store_true", help="skip the FP16 variant")
     parser.add_argument("--no-int8", action="store_true", help="skip the INT8 variant")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m resunet_trt.export model.pt -o out_dir --calib-data DIR``: all three ONNX variants."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.no_int8 and not args.calib_data:

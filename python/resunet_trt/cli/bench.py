@@ -512,9 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument(
         "--cases", type=int, default=None, help="phantoms to make (default 1) / most cases of --data"
     )
-    inputs.add_argument("--seed", type=int, default=0, help="seed of the first phantom")
+    inputs.add_argument("--seed", type=int, default=0,
+                        help="seed of the first phantom (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--backend", default="auto", help="force a backend for the single model (auto)")
+    parser.add_argument("--backend", default="auto",
+                        help="force a backend for the single model (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per inference batch (default 16)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per model first (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the inputs (default 3)")

@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--opt-batch", type=int, default=8, help="batch TensorRT tunes for (default 8)")
     p.add_argument("--max-batch", type=int, default=32, help="largest batch of the profile (default 32)")
     p.add_argument(
-        "--workspace-gb", type=float, default=4.0, help="workspace memory limit in GiB (default 4)"
+        "--workspace-gb", type=float, default=4.0, help="workspace memory limit in GiB (default: %(default)s)"
     )
     p.add_argument("--timing-cache", type=Path, help="timing cache file, read if present and written after")
     p.add_argument("--device", default="cuda:0", help="CUDA device (default cuda:0)")

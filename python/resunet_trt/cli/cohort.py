@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs each worker reserves")
     parser.add_argument("--queue-depth", type=int, default=2, help="cases held per worker (default: 2)")
     parser.add_argument("--model", default=None, help="model file (.pt, .onnx, .plan); default: the bundled model")
-    parser.add_argument("--device", default="auto", help="auto (GPUs when the cluster has them), cpu or cuda")
+    parser.add_argument("--device", default="auto",
+                        help="auto (GPUs when the cluster has them), cpu or cuda (default: %(default)s)")
     parser.add_argument(
         "--backend",
         default="auto",
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference backend (default: auto)",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="slices per network batch (default: 16)")
-    parser.add_argument("--min-lesion-voxels", type=int, default=10, help="smaller tumor components become liver")
+    parser.add_argument("--min-lesion-voxels", type=int, default=10,
+                        help="smaller tumor components become liver (default: %(default)s)")
     parser.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
     parser.add_argument(
         "--format",
@@ -59,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="mask format (as resunet-seg; default auto: a DICOM-SEG too for DICOM input)",
     )
     parser.add_argument(
-        "--report", action=argparse.BooleanOptionalAction, default=True, help="write <case>_report.json"
+        "--report", action=argparse.BooleanOptionalAction, default=True,
+        help="write <case>_report.json (default: %(default)s)",
     )
     parser.add_argument("--no-resume", action="store_true", help="redo cases an earlier run already did")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

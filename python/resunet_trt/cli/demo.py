@@ -26,7 +26,7 @@ def _training_cases(metadata) -> list[str] | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resunet-demo",
         description="Segment the bundled sample CT and score it against its expert label.",
@@ -38,8 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         "--model", default=None, help="model file (.pt, .onnx, .plan); default: the bundled model"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
-    parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default: %(default)s)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from ..io import load_label

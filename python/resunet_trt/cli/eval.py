@@ -567,8 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (for --data; default auto)"
     )
-    parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch (for --data)")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per inference batch (for --data)")
+    parser.add_argument("--backend", default="auto",
+                        help="auto, tensorrt, onnxruntime or torch (for --data; default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="slices per inference batch (for --data; default: %(default)s)")
     parser.add_argument(
         "--save-masks", action="store_true", help="with --data: write <case>_mask.nii.gz into -o"
     )
@@ -577,10 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--criterion",
         choices=("iou", "overlap"),
         default="iou",
-        help="lesion detection rule: IoU > 0.5 (LiTS, default) or any overlap",
+        help="lesion detection rule: iou, IoU > 0.5 (LiTS), or overlap, any overlap (default: %(default)s)",
     )
     parser.add_argument(
-        "--connectivity", type=int, choices=(6, 18, 26), default=26, help="lesion connectivity"
+        "--connectivity", type=int, choices=(6, 18, 26), default=26,
+        help="lesion connectivity (default: %(default)s)",
     )
     parser.add_argument("--no-surface", action="store_true", help="skip surface distances (ASSD, MSD, HD95)")
     parser.add_argument(

@@ -84,10 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference backend (default: auto)",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="slices per network batch (default: 16)")
-    parser.add_argument("--min-lesion-voxels", type=int, default=10, help="smaller tumor components become liver")
+    parser.add_argument("--min-lesion-voxels", type=int, default=10,
+                        help="smaller tumor components become liver (default: %(default)s)")
     parser.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
     parser.add_argument(
-        "--report", action=argparse.BooleanOptionalAction, default=True, help="write <case>_report.json"
+        "--report", action=argparse.BooleanOptionalAction, default=True,
+        help="write <case>_report.json (default: %(default)s)",
     )
     parser.add_argument(
         "--series-uid",
