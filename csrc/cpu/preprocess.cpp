@@ -1,17 +1,18 @@
 // CPU preprocess: HU window + bilinear resample + 2.5D stacking in one pass over the input.
 //
-// The work unit is one output row y across the slab of input slices the call reads. For each input
-// slice s that some output channel reads, the two input rows y0, y1 that row y needs are windowed and
-// blended vertically into a W-long float buffer (a straight, vectorisable loop over contiguous
-// memory), then each output column gathers two neighbours from that buffer; the finished row of slice
-// s is kept (float, and converted to the output type once). Then every output (i, j) takes its row:
-// a copy of slice z0's row when its context position z is integral (always, for slice_step = 1), else
-// the blend (1 - f) * row(z0) + f * row(z0 + 1). The resize is linear, so blending resized rows is
-// resizing blended slices, and each input row is read and resized once per call however large the
-// context K or however fine the slice_step. Row, column and slice taps are computed once per call.
-//
-// OpenMP splits the output rows statically: a thread's rows are neighbours and share input rows in
-// cache. Each thread keeps (slices read) x w floats of finished rows.
+// Row y of input slice s: the two input rows y0, y1 that output row y needs are windowed and blended
+// vertically into a W-long float buffer (a straight, vectorisable loop over contiguous memory), then
+// each output column gathers two neighbours from that buffer. Row, column and slice taps are computed
+// once per call, and each input row is read and resampled once per call however large the context K
+// or however fine the slice_step:
+//   - when every output plane shows one input slice (slice_step integral, the usual case), the work
+//     unit is (s, y): the finished row is converted to the output type once and copied to every
+//     (output slice, channel) that shows slice s;
+//   - when some channel falls between two slices, the work unit is output row y across the slab: the
+//     finished rows of all slices read are kept per thread, and every output (i, j) takes a copy of
+//     its slice's row or the blend (1 - f) * row(z0) + f * row(z0 + 1). The resample is linear, so
+//     blending resampled rows is resampling blended slices.
+// OpenMP splits the units statically, so a thread's units are neighbours and share input rows in cache.
 #include "preprocess.h"
 
 #include <algorithm>
@@ -126,67 +127,108 @@ void Run(const In* volume, Out* out, const PreprocessArgs& a) {
     check_end[y] = y == h - 1 ? H : std::max(check_begin[y], row_taps[y].i1 + 1);
   }
 
+  // Row y of slice s: checks the float input rows that output row y owns (see above), then, when some
+  // output reads the slice, windows and resamples row y into dst (w floats). False on NaN/Inf.
+  auto resample_row = [&](int s, int y, float* blend, float* dst) -> bool {
+    const In* plane = volume + static_cast<std::size_t>(s) * plane_in;
+    if constexpr (std::is_same<In, float>::value) {
+      for (int yy = check_begin[y]; yy < check_end[y]; ++yy) {
+        if (!RowFinite(plane + static_cast<std::size_t>(yy) * W, W)) return false;
+      }
+    }
+    if (slot[s - s_first] < 0) return true;  // no output reads this slice
+    const LinearTap ty = row_taps[y];
+    const In* row0 = plane + static_cast<std::size_t>(ty.i0) * W;
+    const In* row1 = plane + static_cast<std::size_t>(ty.i1) * W;
+    for (int x = 0; x < W; ++x) {
+      const float v0 = window_rn(static_cast<float>(row0[x]), lo, hi, range);
+      const float v1 = window_rn(static_cast<float>(row1[x]), lo, hi, range);
+      blend[x] = lerp_rn(v0, v1, ty.w0, ty.w1);
+    }
+    for (int x = 0; x < w; ++x) dst[x] = lerp_rn(blend[col_i0[x]], blend[col_i1[x]], col_w0[x], col_w1[x]);
+    return true;
+  };
+
+  bool any_blend = false;
+  for (const SliceTap& t : z_taps) any_blend = any_blend || t.w1 > 0.0f;
   int bad_slice = std::numeric_limits<int>::max();
 
+  if (!any_blend) {
+    // Every output plane is one input slice (slice_step integral): the work unit is one row (s, y) of
+    // one input slice, copied to every output plane that shows the slice. Neighbouring units of a
+    // thread are neighbouring rows of one slice, which share input rows in cache, and a one-slice
+    // volume still uses every core.
+    std::vector<std::vector<std::int64_t>> targets(span);
+    for (std::size_t t = 0; t < z_taps.size(); ++t) targets[z_taps[t].z0 - s_first].push_back(t);
+    const std::int64_t n_rows = static_cast<std::int64_t>(span) * h;
 #if defined(RESUNET_WITH_OPENMP)
 #pragma omp parallel reduction(min : bad_slice)
 #endif
-  {
-    std::vector<float> blend(W);
-    std::vector<float> row_f(w);
-    std::vector<float> rows_f(static_cast<std::size_t>(n_read) * w);  // finished rows, float
-    // Finished rows in the output type (float output reuses rows_f).
-    std::vector<Out> rows_out(std::is_same<Out, float>::value ? 0 : static_cast<std::size_t>(n_read) * w);
+    {
+      std::vector<float> blend(W);
+      std::vector<float> row_f(w);
+      std::vector<Out> row_out(w);
 #if defined(RESUNET_WITH_OPENMP)
 #pragma omp for schedule(static)
 #endif
-    for (int y = 0; y < h; ++y) {
-      const LinearTap ty = row_taps[y];
-      bool finite = true;
-      for (int s = s_first; s <= s_last; ++s) {
-        const In* plane = volume + static_cast<std::size_t>(s) * plane_in;
-        if constexpr (std::is_same<In, float>::value) {
-          for (int yy = check_begin[y]; finite && yy < check_end[y]; ++yy) {
-            finite = RowFinite(plane + static_cast<std::size_t>(yy) * W, W);
-          }
-          if (!finite) {
-            bad_slice = std::min(bad_slice, s);
-            break;  // the call throws after the loop; this row's output is never seen
-          }
+      for (std::int64_t r = 0; r < n_rows; ++r) {
+        const int s = s_first + static_cast<int>(r / h);
+        const int y = static_cast<int>(r % h);
+        if (!resample_row(s, y, blend.data(), row_f.data())) {
+          bad_slice = std::min(bad_slice, s);
+          continue;  // the call throws after the loop; this row's output is never seen
         }
-        const int k = slot[s - s_first];
-        if (k < 0) continue;  // no output reads this slice
-        const In* row0 = plane + static_cast<std::size_t>(ty.i0) * W;
-        const In* row1 = plane + static_cast<std::size_t>(ty.i1) * W;
-        for (int x = 0; x < W; ++x) {
-          const float v0 = window_rn(static_cast<float>(row0[x]), lo, hi, range);
-          const float v1 = window_rn(static_cast<float>(row1[x]), lo, hi, range);
-          blend[x] = lerp_rn(v0, v1, ty.w0, ty.w1);
-        }
-        float* dst = rows_f.data() + static_cast<std::size_t>(k) * w;
-        for (int x = 0; x < w; ++x) dst[x] = lerp_rn(blend[col_i0[x]], blend[col_i1[x]], col_w0[x], col_w1[x]);
-        if constexpr (!std::is_same<Out, float>::value) {
-          StoreRow(rows_out.data() + static_cast<std::size_t>(k) * w, dst, w);
+        if (targets[s - s_first].empty()) continue;
+        StoreRow(row_out.data(), row_f.data(), w);
+        for (const std::int64_t t : targets[s - s_first]) {
+          std::memcpy(out + static_cast<std::size_t>(t) * plane_out + static_cast<std::size_t>(y) * w,
+                      row_out.data(), sizeof(Out) * w);
         }
       }
-      if (!finite) continue;
-
-      const Out* done = std::is_same<Out, float>::value ? reinterpret_cast<const Out*>(rows_f.data())
-                                                        : rows_out.data();
-      for (std::size_t t = 0; t < z_taps.size(); ++t) {
-        const SliceTap zt = z_taps[t];
-        Out* dst = out + t * plane_out + static_cast<std::size_t>(y) * w;
-        const int k0 = slot[zt.z0 - s_first];
-        if (zt.w1 == 0.0f) {
-          std::memcpy(dst, done + static_cast<std::size_t>(k0) * w, sizeof(Out) * w);
-          continue;
+    }
+  } else {
+    // Some output planes blend two slices: the work unit is output row y across the slab, so that
+    // both rows of every blend are at hand (kept in per-thread buffers, float and output type).
+#if defined(RESUNET_WITH_OPENMP)
+#pragma omp parallel reduction(min : bad_slice)
+#endif
+    {
+      std::vector<float> blend(W);
+      std::vector<float> row_f(w);
+      std::vector<float> rows_f(static_cast<std::size_t>(n_read) * w);  // finished rows, float
+      std::vector<Out> rows_out(static_cast<std::size_t>(n_read) * w);   // and in the output type
+#if defined(RESUNET_WITH_OPENMP)
+#pragma omp for schedule(static)
+#endif
+      for (int y = 0; y < h; ++y) {
+        bool finite = true;
+        for (int s = s_first; finite && s <= s_last; ++s) {
+          const int k = slot[s - s_first];
+          float* dst = rows_f.data() + static_cast<std::size_t>(k < 0 ? 0 : k) * w;
+          finite = resample_row(s, y, blend.data(), dst);
+          if (!finite) {
+            bad_slice = std::min(bad_slice, s);
+          } else if (k >= 0) {
+            StoreRow(rows_out.data() + static_cast<std::size_t>(k) * w, dst, w);
+          }
         }
-        const int k1 = slot[zt.z0 + 1 - s_first];
-        const float* r0 = rows_f.data() + static_cast<std::size_t>(k0) * w;
-        const float* r1 = rows_f.data() + static_cast<std::size_t>(k1) * w;
-        const float w0 = sub_rn(1.0f, zt.w1), w1 = zt.w1;
-        for (int x = 0; x < w; ++x) row_f[x] = lerp_rn(r0[x], r1[x], w0, w1);
-        StoreRow(dst, row_f.data(), w);
+        if (!finite) continue;
+
+        for (std::size_t t = 0; t < z_taps.size(); ++t) {
+          const SliceTap zt = z_taps[t];
+          Out* dst = out + t * plane_out + static_cast<std::size_t>(y) * w;
+          const int k0 = slot[zt.z0 - s_first];
+          if (zt.w1 == 0.0f) {
+            std::memcpy(dst, rows_out.data() + static_cast<std::size_t>(k0) * w, sizeof(Out) * w);
+            continue;
+          }
+          const int k1 = slot[zt.z0 + 1 - s_first];
+          const float* r0 = rows_f.data() + static_cast<std::size_t>(k0) * w;
+          const float* r1 = rows_f.data() + static_cast<std::size_t>(k1) * w;
+          const float w0 = sub_rn(1.0f, zt.w1), w1 = zt.w1;
+          for (int x = 0; x < w; ++x) row_f[x] = lerp_rn(r0[x], r1[x], w0, w1);
+          StoreRow(dst, row_f.data(), w);
+        }
       }
     }
   }
