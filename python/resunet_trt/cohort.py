@@ -12,8 +12,8 @@ The flow of one run::
 
 Reading runs apart from inference: a worker holds at most ``queue_depth`` cases (one being segmented, the next
 already read), so a GPU does not wait on gzip, and the driver hands out a new case only when one finishes, so
-memory stays bounded whatever the size of the cohort. A worker is a threaded actor whose inference is serialised
-by a lock: writing one case's mask overlaps the inference of the next.
+memory stays bounded whatever the size of the cohort. A worker runs one case at a time, so when it dies the case
+it was running is known: the oldest of its unfinished cases.
 
 Failures stay with their case: a file that cannot be read or segmented gets a ``failed`` row with the reason and
 the run goes on. A worker that dies (killed, out of memory) is replaced and the case it was running is retried
@@ -41,7 +41,6 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
 import uuid
 from collections import deque
@@ -315,7 +314,6 @@ class CohortWorker:
         self.out_dir = Path(out_dir)
         self.overlay, self.report, self.mask_format, self.name = overlay, report, mask_format, name
         self.node = socket.gethostname()
-        self._infer = threading.Lock()  # one inference at a time; writing the previous case overlaps it
         self.cases = 0
 
     def info(self) -> dict[str, Any]:
@@ -349,8 +347,8 @@ class CohortWorker:
         try:
             if "error" in loaded:
                 raise ValueError(loaded["error"])
-            with self._infer:
-                result = self.segmenter.segment(loaded["volume"])
+            _exit_if_asked(row["input"])
+            result = self.segmenter.segment(loaded["volume"])
             result.timings["read"] = float(loaded["read_s"])
             result.timings["total"] += result.timings["read"]
             outputs = self.segmenter.write_outputs(
@@ -378,6 +376,20 @@ class CohortWorker:
             self.cases += 1
         row["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         return row
+
+
+#: Fault injection for tests of worker loss: ``"<text>|<marker file>"`` makes a worker exit abruptly (as if
+#: killed) when it starts a case whose input path contains ``<text>``, once: the marker file records that it did.
+EXIT_ONCE_ENV = "RESUNET_COHORT_EXIT_ONCE"
+
+
+def _exit_if_asked(input_path: str) -> None:
+    spec = os.environ.get(EXIT_ONCE_ENV, "")
+    text, _, marker = spec.partition("|")
+    if text and marker and text in input_path and not os.path.exists(marker):
+        Path(marker).touch()
+        logger.warning("%s=%r: this worker exits now, on %s", EXIT_ONCE_ENV, spec, input_path)
+        os._exit(1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -580,7 +592,7 @@ def run_cohort(
         nonlocal spawned
         name = f"resunet-cohort-{run_id}-w{spawned}"
         spawned += 1
-        actor = actor_cls.options(name=name, max_concurrency=2, max_restarts=0, **resources).remote(
+        actor = actor_cls.options(name=name, max_concurrency=1, max_restarts=0, **resources).remote(
             seg_kwargs,
             str(out.resolve()),
             overlay=overlay,
@@ -672,7 +684,17 @@ def run_cohort(
         left, else failed); the cases queued behind it go back to the front of the queue uncharged."""
         lost = []
         for r in queued.pop(worker):
-            lost.append((index, attempts) if r == ref else pending.pop(r)[1:])
+            if r == ref:
+                lost.append((index, attempts))
+                continue
+            _, i, a = pending.pop(r)
+            if ray.wait([r], timeout=0)[0]:  # it finished before the worker died: keep its row
+                try:
+                    finish(i, ray.get(r))
+                    continue
+                except ray.exceptions.RayError:
+                    pass
+            lost.append((i, a))
         workers.pop(worker)
         logger.warning("cohort: worker %s died (%s); replacing it", worker, type(exc).__name__)
         (first, tries), rest = lost[0], lost[1:]

@@ -137,9 +137,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     from ..cohort import run_cohort
 
-    if args.local:
+    started = not ray.is_initialized()  # a caller that embeds main() may have connected already
+    if started and args.local:
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-    else:
+    elif started:
         ray.init(address=args.address, include_dashboard=False)
     try:
         summary = run_cohort(
@@ -163,7 +164,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"resunet-cohort: {exc}", file=sys.stderr)
         return 2
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     for row in summary.rows:
         if row["status"] != "ok":
             print(f"FAILED {row['input']}: {row['error']}")
