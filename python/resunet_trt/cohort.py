@@ -493,7 +493,8 @@ def _worker_plan(
             raise ValueError(f"device={device!r} asks for GPUs, but the Ray cluster has none ({resources})")
         # Ray sets CUDA_VISIBLE_DEVICES per actor, so each worker's GPU is its cuda:0.
         return num_workers or gpus, {"num_gpus": 1, "num_cpus": cpus_per_worker or 1}, "cuda"
-    per = cpus_per_worker or max(1.0, min(4.0, cpus // 2))
+    # A small machine gets one worker on all its cores (as a plain loop would); a larger one, workers of 4 cores.
+    per = cpus_per_worker or (cpus if cpus <= 4 else min(4.0, cpus // 2))
     # Reading needs no reserved CPU (reads are bounded by the queue), but leave it some cores to use.
     count = num_workers or max(1, int((cpus - max(1.0, cpus // 8)) // per))
     return count, {"num_cpus": per}, "cpu"
@@ -532,7 +533,8 @@ def run_cohort(
         mask_format: ``"auto"`` (NIfTI, and a DICOM-SEG for DICOM input), ``"nifti"``, ``"dicom-seg"`` or
             ``"both"`` (see :func:`resunet_trt.segmenter.mask_outputs`).
         num_workers: workers to start (default: one per GPU, or the CPUs divided by ``cpus_per_worker``).
-        cpus_per_worker: CPUs each worker reserves (default: 1 beside a GPU; else min(4, CPUs / 2)).
+        cpus_per_worker: CPUs each worker reserves and its inference threads (default: 1 beside a GPU; else all
+            of a machine of up to 4 CPUs, or min(4, CPUs / 2)).
         queue_depth: cases held per worker (one segmented, the others read and waiting); bounds memory.
         max_retries: times a case is sent again after its worker died.
         resume: skip cases an earlier run into ``out_dir`` finished with the same input and model.
@@ -582,6 +584,8 @@ def run_cohort(
         "batch_size": batch_size,
         "min_lesion_voxels": min_lesion_voxels,
     }
+    if worker_device == "cpu":  # each worker's inference threads match the cores it reserved
+        seg_kwargs["num_threads"] = max(1, int(resources["num_cpus"]))
     actor_cls = ray.remote(CohortWorker)
     # Reads reserve no CPU: their number is bounded by the queues, and none can starve behind the workers.
     read_task = ray.remote(num_cpus=0, max_retries=2)(load_case)

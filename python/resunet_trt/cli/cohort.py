@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--local", action="store_true", help="start a Ray instance on this machine only")
     parser.add_argument("--num-cpus", type=int, default=None, help="with --local: CPUs Ray may use")
-    parser.add_argument("--workers", type=int, default=None, help="workers (default: one per GPU, or CPUs/4)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="workers (default: one per GPU, else by --cpus-per-worker)"
+    )
     parser.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs each worker reserves")
     parser.add_argument("--queue-depth", type=int, default=2, help="cases held per worker (default: 2)")
     parser.add_argument("--model", default=None, help="model file (.pt, .onnx, .plan); default: the bundled model")
