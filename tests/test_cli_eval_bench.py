@@ -536,6 +536,72 @@ def test_percentile_summary_against_numpy():
     assert s["median"] == 0.3 and s["p90"] == pytest.approx(np.percentile(values, 90)) and s["max"] == 0.9
 
 
+def test_bench_load_probe_subtracts_its_own_cpu_time(monkeypatch):
+    # Hand-computed: 6 busy CPU-seconds on the machine, 2 of them ours, over 2 s on 4 cores -> 4 / 8 = 0.5.
+    busy = iter([100.0, 106.0])
+    own = iter([10.0, 12.0])
+    clock = iter([50.0, 52.0])
+    monkeypatch.setattr(bench, "_cpu_busy_seconds", lambda: next(busy))
+    monkeypatch.setattr(bench, "_own_cpu_seconds", lambda: next(own))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    probe = bench.LoadProbe()
+    probe.cores = 4
+    probe.start()
+    out = probe.stop()
+    assert out["other_cpu_fraction"] == pytest.approx(0.5)
+    assert out["disturbed"] is True
+    assert len(out["load_before"]) == len(out["load_after"]) == 3
+
+
+def test_bench_load_probe_without_proc_stat_falls_back_to_load_average(monkeypatch):
+    monkeypatch.setattr(bench, "_cpu_busy_seconds", lambda: None)
+    probe = bench.LoadProbe()
+    monkeypatch.setattr(bench.LoadProbe, "load_average", staticmethod(lambda: (0.6 * probe.cores, 0.0, 0.0)))
+    probe.start()
+    out = probe.stop()
+    assert out["other_cpu_fraction"] is None
+    assert out["disturbed"] is True
+    monkeypatch.setattr(bench.LoadProbe, "load_average", staticmethod(lambda: (0.4 * probe.cores, 0.0, 0.0)))
+    probe.start()
+    assert probe.stop()["disturbed"] is False
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc/stat")
+def test_bench_load_probe_sees_a_busy_neighbour():
+    # Real processes spinning while this one sleeps: their CPU time is counted, ours (idle) is not.
+    cores = os.cpu_count() or 1
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(cores)]
+    try:
+        import time
+
+        time.sleep(0.3)  # let them start
+        probe = bench.LoadProbe()
+        probe.start()
+        time.sleep(0.8)
+        out = probe.stop()
+    finally:
+        for p in procs:
+            p.wait(timeout=30)
+    assert out["other_cpu_fraction"] > 0.5
+    assert out["disturbed"] is True
+
+
+def test_bench_json_records_load_per_run(trained_checkpoint, tmp_path):
+    out = tmp_path / "load.json"
+    argv = ["--checkpoint", str(trained_checkpoint), "--synthetic", "4,64,64", "--device", "cpu"]
+    rc = bench.main([*argv, "--warmup", "0", "--repeats", "2", "--json", str(out), "--no-progress"])
+    assert rc == 0
+    (res,) = _strict_json(out)["results"]
+    assert len(res["runs"]) == 2
+    for run in res["runs"]:
+        assert len(run["load_before"]) == len(run["load_after"]) == 3
+        assert all(v >= 0 for v in run["load_before"] + run["load_after"])
+        assert isinstance(run["disturbed"], bool)
+        assert run["other_cpu_fraction"] is None or run["other_cpu_fraction"] >= 0
+    assert res["disturbed_runs"] == sum(run["disturbed"] for run in res["runs"])
+
+
 # ---------------------------------------------------------------- benchmarks/gpu_check.sh
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"

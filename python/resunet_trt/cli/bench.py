@@ -19,6 +19,8 @@ allocator, the size CuPy's memory pool reached, and the most device memory in us
 includes TensorRT's own allocations). With reference labels (``--data``, or the phantom's own labels with
 ``--synthetic``) the Dice and IoU of liver and tumor per case are reported beside the speed. ``--compare`` runs
 every model on the same inputs in one process and prints each one's speed and Dice relative to the first.
+Each timed run also records the load averages before and after it and the share of the CPU that other
+processes used meanwhile; a run where that share exceeds 10 % is flagged ``disturbed`` (see :class:`LoadProbe`).
 
 Models: ``--engine`` (TensorRT .plan), ``--onnx`` (ONNX Runtime), ``--checkpoint`` (PyTorch .pt), nothing (the
 bundled default), or ``--compare`` with a comma-separated list whose items are files (the backend follows the
@@ -35,6 +37,7 @@ import argparse
 import datetime as _dt
 import logging
 import math
+import os
 import platform
 import resource
 import sys
@@ -246,6 +249,80 @@ def peak_host_mib() -> float:
     return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
 
 
+#: A run is flagged ``disturbed`` when other processes used more than this share of the machine's CPU time.
+DISTURBED_OTHER_CPU = 0.10
+
+
+def _cpu_busy_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux ``/proc/stat``), or None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+        ticks = [int(v) for v in fields[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    # user nice system idle iowait irq softirq steal...: idle and iowait are not busy.
+    return (sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)) / hz
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class LoadProbe:
+    """How busy the machine was around one timed run: load averages and the CPU time used by other processes.
+
+    ``start()`` before the run, ``stop()`` after; ``stop`` returns ``load_before``/``load_after`` (the 1, 5 and
+    15 minute load averages), ``other_cpu_fraction`` (CPU time of every other process during the run over
+    wall time x cores, from ``/proc/stat``; None where that file does not exist) and ``disturbed``: True when
+    that fraction exceeds :data:`DISTURBED_OTHER_CPU` or, without ``/proc/stat``, when the 1-minute load before
+    the run was already above half the cores (this process was idle then, so the load was someone else's).
+    """
+
+    def __init__(self) -> None:
+        self.cores = os.cpu_count() or 1
+        self._t0 = 0.0
+        self._busy0: float | None = None
+        self._own0 = 0.0
+        self._load0: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+
+    @staticmethod
+    def load_average() -> tuple[float, float, float]:
+        """(1, 5, 15) minute load averages; NaN where the platform has none."""
+        try:
+            one, five, fifteen = os.getloadavg()
+        except (OSError, AttributeError):
+            return (math.nan, math.nan, math.nan)
+        return (float(one), float(five), float(fifteen))
+
+    def start(self) -> None:
+        self._load0 = self.load_average()
+        self._busy0 = _cpu_busy_seconds()
+        self._own0 = _own_cpu_seconds()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> dict[str, Any]:
+        wall = time.perf_counter() - self._t0
+        own = _own_cpu_seconds() - self._own0
+        busy = _cpu_busy_seconds()
+        other: float | None = None
+        if self._busy0 is not None and busy is not None and wall > 0:
+            other = max(0.0, (busy - self._busy0 - own) / (wall * self.cores))
+        load1 = self.load_average()
+        if other is not None:
+            disturbed = other > DISTURBED_OTHER_CPU
+        else:
+            disturbed = bool(self._load0[0] > 0.5 * self.cores)
+        return {
+            "load_before": list(self._load0),
+            "load_after": list(load1),
+            "other_cpu_fraction": other,
+            "disturbed": disturbed,
+        }
+
+
 class GpuMemory:
     """Peak GPU memory while a model runs: PyTorch's allocator, CuPy's pool, and device-wide use after each volume."""
 
@@ -328,9 +405,12 @@ def run_variant(
         jobs = [(r, item) for r in range(repeats) for item in inputs]
         bar = progress_bar(jobs, enabled=progress, desc=variant.label, unit="vol")
         for r, item in bar:
+            probe = LoadProbe()
+            probe.start()
             t = time.perf_counter()
             result = seg.segment(item.volume)
             wall = time.perf_counter() - t
+            load = probe.stop()
             gpu.sample()
             timings = {k: float(v) for k, v in result.timings.items()}
             if item.read_s is not None:
@@ -342,6 +422,7 @@ def run_variant(
                     "wall_s": wall,
                     "slices": int(item.volume.shape[0]),
                     "timings": timings,
+                    **load,
                 }
             )
             if r == repeats - 1 and item.labels is not None:
@@ -368,6 +449,7 @@ def run_variant(
         "slices_per_s": total_slices / total_wall if total_wall > 0 else math.nan,
         "volumes_per_s": len(runs) / total_wall if total_wall > 0 else math.nan,
         "peak_host_mib": peak_host_mib(),
+        "disturbed_runs": sum(bool(run["disturbed"]) for run in runs),
         "gpu_memory": gpu.report(),
         "accuracy": accuracy,
         "accuracy_mean": {
@@ -457,6 +539,11 @@ def render(results: Sequence[dict[str, Any]], rel: Sequence[dict[str, Any]]) -> 
             f"  {r['slices_per_s']:.1f} slices/s, {r['volumes_per_s']:.3f} volumes/s, "
             f"peak host memory {r['peak_host_mib']:.0f} MiB"
         )
+        if r["disturbed_runs"]:
+            lines.append(
+                f"  WARNING: {r['disturbed_runs']} of {r['n_runs']} run(s) shared the CPU with other processes "
+                f"(> {DISTURBED_OTHER_CPU:.0%} of its time): the times are slower than on an idle machine"
+            )
         if r["gpu_memory"]:
             gm = r["gpu_memory"]
             parts = [f"{k.replace('_bytes', '')} {v / 2**20:.0f} MiB" for k, v in gm.items()]
