@@ -119,6 +119,8 @@ def _check_affine(affine: Any, what: str) -> np.ndarray:
         raise ValueError(f"{what} must have last row [0, 0, 0, 1], got {arr[3].tolist()}")
     if abs(np.linalg.det(arr[:3, :3])) < 1e-12 or np.any(np.linalg.norm(arr[:3, :3], axis=0) < 1e-9):
         raise ValueError(f"{what} is singular (a zero voxel size or collinear axes): {arr[:3, :3].tolist()}")
+    if np.isnan(io_orientation(arr)).any():  # no clear world axis for some voxel axis: no orientation to read
+        raise ValueError(f"{what} has voxel axes that do not map to distinct world axes: {arr[:3, :3].tolist()}")
     return arr
 
 
@@ -331,7 +333,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     """
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file (0 bytes)")
-    _check_pixdim(path)
+    _check_raw_header(path)
     try:
         if path.name.lower().endswith(".gz") and _igzip() is not None:
             data, affine, header = _read_nifti_isal(path)
@@ -347,12 +349,20 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     return data, np.asarray(affine, dtype=np.float64), header
 
 
-def _check_pixdim(path: Path) -> None:
-    """Refuse a NIfTI whose voxel size comes from ``pixdim`` and is zero or not finite there.
+#: No deflate stream expands more than this (RFC 1951's longest match per bit): a bound on a .gz file's content.
+_MAX_DEFLATE_RATIO = 1032
 
-    nibabel reads such a header with 1 mm in place of the zero (and only logs it), which would make every
-    volume in mL an invention. The raw header is read without nibabel's fixes; when the sform is set, the voxel
-    size comes from the sform instead (a zero there is refused as a singular affine).
+
+def _check_raw_header(path: Path) -> None:
+    """Refuse, from the raw NIfTI header, what nibabel would read wrong or at great cost.
+
+    * A voxel size taken from ``pixdim`` that is zero or not finite: nibabel reads 1 mm in its place (and only
+      logs it), which would make every volume in mL an invention. With an sform set, the voxel size comes from
+      the sform instead (a zero there is refused as a singular affine).
+    * Data larger than the file can hold (a truncated file, or a corrupt ``dim``): nibabel would allocate and
+      zero the whole claimed array first (gigabytes from a header of a few bytes) before it finds out.
+
+    Headers that are not readable NIfTI are left to the full read, which says why.
     """
     try:
         with nib.openers.ImageOpener(path) as stream:
@@ -366,13 +376,27 @@ def _check_pixdim(path: Path) -> None:
             return
         ndim, sform_code = int(header["dim"][0]), int(header["sform_code"])
         pixdim = [float(v) for v in header["pixdim"][1:4]]
+        dims = [int(n) for n in header["dim"][1 : ndim + 1]] if 1 <= ndim <= 7 else []
+        itemsize = header.get_data_dtype().itemsize
+        offset = float(header["vox_offset"])
     except Exception:  # noqa: BLE001 - not a readable NIfTI header: the full read below says why
         return
     if ndim >= 3 and sform_code == 0 and not all(math.isfinite(v) and v != 0 for v in pixdim):
         raise ValueError(
             f"{path}: the header gives a voxel size of ({', '.join(f'{v:g}' for v in pixdim)}) mm (pixdim[1:4]) "
-            "and no sform: a zero or "
-            "undefined voxel size makes volumes in mL meaningless; set the true voxel size in the header"
+            "and no sform: a zero or undefined voxel size makes volumes in mL meaningless; set the true voxel "
+            "size in the header"
+        )
+    if not dims or min(dims) < 0 or not math.isfinite(offset) or header["magic"] in (b"ni1", b"ni2"):
+        return  # malformed dims are nibabel's to report; a .hdr/.img pair keeps its data elsewhere
+    claimed = int(max(offset, sizeof_hdr)) + math.prod(dims) * itemsize
+    size = path.stat().st_size
+    with open(path, "rb") as raw:  # the opener above decompresses: the gzip magic is in the file's own bytes
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    if claimed > (size * _MAX_DEFLATE_RATIO if gzipped else size):
+        raise ValueError(
+            f"{path}: the header describes {claimed:,} bytes of image data ({' x '.join(map(str, dims))} voxels "
+            f"of {itemsize} bytes), more than this {size:,}-byte file can hold: the file is truncated or corrupt"
         )
 
 
@@ -477,7 +501,12 @@ def load_ct(path_or_dir: PathLike, *, series_uid: str | None = None) -> CTVolume
     """
     path = _check_path(path_or_dir, "path_or_dir")
     if path.is_dir():
-        return _load_dicom_series(path, series_uid=series_uid)
+        try:
+            return _load_dicom_series(path, series_uid=series_uid)
+        except ValueError as exc:  # a check deep in the geometry may not know the folder: name it
+            if str(path) in str(exc):
+                raise
+            raise ValueError(f"{path}: {exc}") from exc
     if series_uid is not None:
         raise ValueError(f"series_uid is only for DICOM folders; {path} is a file")
     if path.suffix.lower() in (".dcm", ".ima"):
@@ -605,7 +634,7 @@ def _load_dicom_series(folder: Path, *, series_uid: str | None) -> CTVolume:
     if len(sizes) > 1:
         raise ValueError(f"{folder}: mixed image sizes (rows, columns) {sorted(sizes)} in one series")
     rows, cols = sizes.pop()
-    iop = np.array([[float(x) for x in ds.ImageOrientationPatient] for _, ds in slices])
+    iop = np.array([_dicom_numbers(folder, file, ds, "ImageOrientationPatient", 6) for file, ds in slices])
     if np.max(np.abs(iop - iop[0])) > 1e-4:
         raise ValueError(f"{folder}: slices have different ImageOrientationPatient")
     row_dir, col_dir = iop[0, :3], iop[0, 3:]
@@ -614,12 +643,14 @@ def _load_dicom_series(folder: Path, *, series_uid: str | None) -> CTVolume:
         raise ValueError(
             f"{folder}: ImageOrientationPatient {iop[0].tolist()} is not two orthogonal unit vectors"
         )
-    pixel_spacing = np.array([[float(x) for x in ds.PixelSpacing] for _, ds in slices])
+    pixel_spacing = np.array([_dicom_numbers(folder, file, ds, "PixelSpacing", 2) for file, ds in slices])
     if np.max(np.abs(pixel_spacing - pixel_spacing[0])) > 1e-4:
         raise ValueError(f"{folder}: slices have different PixelSpacing")
     dy, dx = float(pixel_spacing[0, 0]), float(pixel_spacing[0, 1])  # row spacing, column spacing
+    if not all(math.isfinite(v) and v > 0 for v in (dy, dx)):
+        raise ValueError(f"{folder}: PixelSpacing {pixel_spacing[0].tolist()} is not two positive sizes in mm")
 
-    positions = np.array([[float(x) for x in ds.ImagePositionPatient] for _, ds in slices])
+    positions = np.array([_dicom_numbers(folder, file, ds, "ImagePositionPatient", 3) for file, ds in slices])
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     slices = [slices[i] for i in order]
@@ -638,8 +669,10 @@ def _load_dicom_series(folder: Path, *, series_uid: str | None) -> CTVolume:
             raise ValueError(
                 f"{folder}: {file.name} has pixel array shape {pixels.shape}, expected {(rows, cols)}"
             )
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        slope = _dicom_rescale(folder, file, ds, "RescaleSlope", 1.0)
+        intercept = _dicom_rescale(folder, file, ds, "RescaleIntercept", 0.0)
+        if slope == 0.0:
+            raise ValueError(f"{folder}: {file.name} has RescaleSlope 0 (every pixel would be one value)")
         if slope == 1.0 and intercept.is_integer():
             hu = pixels.astype(np.int32) + int(intercept)
         else:
@@ -682,6 +715,33 @@ def _load_dicom_series(folder: Path, *, series_uid: str | None) -> CTVolume:
     )
 
 
+def _dicom_numbers(folder: Path, file: Path, ds: Any, keyword: str, count: int) -> list[float]:
+    """``count`` finite numbers from a multi-valued DICOM attribute, or a ValueError naming the file."""
+    value = ds.get(keyword)
+    values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != count or not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f"{folder}: {file.name} has {keyword} {value!r}; expected {count} finite numbers")
+    return numbers
+
+
+def _dicom_rescale(folder: Path, file: Path, ds: Any, keyword: str, default: float) -> float:
+    """RescaleSlope/RescaleIntercept as a finite float (``default`` when absent or empty)."""
+    value = ds.get(keyword)
+    if value is None or str(value).strip() == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or abs(number) > 4e6:
+        raise ValueError(f"{folder}: {file.name} has {keyword} {value!r}; expected a finite number up to 4e6")
+    return number
+
+
 def _sop_class_name(ds: Any) -> str:
     uid = ds.get("SOPClassUID")
     return str(getattr(uid, "name", uid)) if uid else "unknown SOP class"
@@ -703,8 +763,15 @@ def _check_slice_positions(
     """Refuse duplicate, missing or unevenly spaced slices and gantry tilt; return the slice step vector (LPS mm)."""
     if len(slices) == 1:
         ds = slices[0][1]
-        thickness = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0
-        return normal * float(thickness)
+        given = ds.get("SpacingBetweenSlices")
+        given = ds.get("SliceThickness") if given is None else given
+        thickness = float(given) if given is not None and str(given).strip() else math.nan
+        if not (math.isfinite(thickness) and thickness > 0):  # never guess: a guess would invent every mL
+            raise ValueError(
+                f"{folder}: one slice ({slices[0][0].name}) without a positive SpacingBetweenSlices or "
+                f"SliceThickness (got {given!r}): its voxel volume is unknown"
+            )
+        return normal * thickness
     gaps = np.diff(along)
     if np.any(gaps < 1e-3):
         k = int(np.argmin(gaps))

@@ -25,7 +25,9 @@ processes used meanwhile; a run where that share exceeds 10 % is flagged ``distu
 Models: ``--engine`` (TensorRT .plan), ``--onnx`` (ONNX Runtime), ``--checkpoint`` (PyTorch .pt), nothing (the
 bundled default), or ``--compare`` with a comma-separated list whose items are files (the backend follows the
 suffix: .plan/.engine TensorRT, .onnx ONNX Runtime, .pt/.pth PyTorch) or names of the bundled variants:
-``torch`` (.pt), ``onnx`` (fp32 ONNX), ``fp16`` (FP16 ONNX), ``int8`` (INT8 ONNX).
+``torch`` (.pt), ``onnx`` (fp32 ONNX), ``fp16`` (FP16 ONNX), ``int8`` (INT8 ONNX) on ONNX Runtime or PyTorch, and
+``openvino`` (fp32 ONNX in fp32), ``openvino-bf16`` (fp32 ONNX in bf16) and ``openvino-int8`` (INT8 ONNX) on
+OpenVINO.
 
 Exit code: 0 when every model ran, 1 when one failed (the others are still measured), 2 for bad arguments,
 missing inputs, or TensorRT asked for where it is not installed.
@@ -60,7 +62,12 @@ BUNDLED = {
     "onnx": ("onnx", "onnxruntime"),
     "fp16": ("fp16", "onnxruntime"),
     "int8": ("int8", "onnxruntime"),
+    "openvino": ("onnx", "openvino"),
+    "openvino-bf16": ("onnx", "openvino"),
+    "openvino-int8": ("int8", "openvino"),
 }
+#: The precision a bundled variant asks for (the others run in their file's).
+BUNDLED_PRECISION = {"openvino": "fp32", "openvino-bf16": "bf16", "openvino-int8": "int8"}
 SUFFIX_BACKEND = {
     ".plan": "tensorrt",
     ".engine": "tensorrt",
@@ -85,11 +92,12 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class Variant:
-    """One model to measure: a display label, a model file (None = bundled default) and a backend."""
+    """One model to measure: a display label, a model file (None = bundled default), a backend, a precision."""
 
     label: str
     model: Path | None
     backend: str = "auto"
+    precision: str | None = None
 
 
 def tensorrt_available() -> bool:
@@ -108,14 +116,19 @@ def _bundled(kind: str) -> Path:
 
 
 def parse_variant(item: str) -> Variant:
-    """A ``--compare`` item: a bundled variant name (torch, onnx, int8) or a model file."""
+    """A ``--compare`` item: a bundled variant name (torch, onnx, int8, openvino-int8, ...) or a model file."""
     text = item.strip()
     if not text:
         raise UsageError("--compare has an empty item")
     if text.lower() in BUNDLED:
         kind, backend = BUNDLED[text.lower()]
         try:
-            return Variant(label=text.lower(), model=_bundled(kind), backend=backend)
+            return Variant(
+                label=text.lower(),
+                model=_bundled(kind),
+                backend=backend,
+                precision=BUNDLED_PRECISION.get(text.lower()),
+            )
         except FileNotFoundError as exc:
             raise UsageError(f"--compare {text}: {exc}") from exc
     path = Path(text)
@@ -393,7 +406,13 @@ def run_variant(
     from resunet_trt import Segmenter
 
     t0 = time.perf_counter()
-    seg = Segmenter(model=variant.model, device=device, backend=variant.backend, batch_size=batch_size)
+    seg = Segmenter(
+        model=variant.model,
+        device=device,
+        backend=variant.backend,
+        batch_size=batch_size,
+        precision=variant.precision,
+    )
     open_s = time.perf_counter() - t0
     gpu = GpuMemory(seg.device)
     try:
@@ -427,7 +446,7 @@ def run_variant(
             )
             if r == repeats - 1 and item.labels is not None:
                 accuracy[item.name] = _accuracy(result.labels, item.labels, item.volume.spacing)
-        info = {"backend": seg.backend.name, "device": seg.device, "precision": seg.metadata.precision}
+        info = {"backend": seg.backend.name, "device": seg.device, "precision": seg.backend.precision}
     finally:
         seg.close()
 
@@ -581,8 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--checkpoint", help="PyTorch checkpoint (.pt)")
     models.add_argument(
         "--compare",
-        help="comma-separated models to run on the same inputs: files and/or torch, onnx, int8 "
-        "(the bundled variants); ratios are against the first",
+        help="comma-separated models to run on the same inputs: files and/or torch, onnx, fp16, int8 "
+        "(the bundled variants on ONNX Runtime/PyTorch), openvino, openvino-bf16, openvino-int8 (on OpenVINO); "
+        "ratios are against the first",
     )
     inputs = parser.add_argument_group("inputs (default: one 64,256,256 phantom)")
     inputs.add_argument("--data", help="folder of cases with CT and label files (naming as in resunet-eval)")
