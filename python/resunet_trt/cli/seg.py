@@ -8,7 +8,9 @@ Examples::
 
 A folder holding NIfTI files is expanded to those files; any other folder is read as one DICOM series. For each
 case ``<case>_mask.nii.gz`` (uint8 in the input's geometry), ``<case>_report.json`` and, with ``--overlay``,
-``<case>_overlay.png`` are written into the output folder. A case that fails is reported and skipped; the exit
+``<case>_overlay.png`` are written into the output folder; for a DICOM series also ``<case>_seg.dcm``, a DICOM
+Segmentation (liver, liver tumor) of the source series that files under its study (``--format`` chooses:
+``auto`` writes both masks for DICOM input and the NIfTI otherwise). A case that fails is reported and skipped; the exit
 code is 1 when any case failed, 2 for bad arguments, an unusable output folder or when no input was found, and
 130 when interrupted (Ctrl-C; no partial file is left).
 """
@@ -88,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="smaller tumor components become liver (default: %(default)s)")
     parser.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
     parser.add_argument(
+        "--format",
+        dest="mask_format",
+        default="auto",
+        choices=("auto", "nifti", "dicom-seg", "both"),
+        help="mask format: <case>_mask.nii.gz (nifti), <case>_seg.dcm (dicom-seg, DICOM input only), both; "
+        "auto (default): both for DICOM input, nifti otherwise",
+    )
+    parser.add_argument(
         "--report", action=argparse.BooleanOptionalAction, default=True,
         help="write <case>_report.json (default: %(default)s)",
     )
@@ -116,7 +126,7 @@ def _summary(outcomes: list, out: Path) -> str:
                     f"{r['tumor_volume_ml']:.1f}",
                     str(r["lesion_count"]),
                     f"{t.get('total', 0.0) + t.get('write', 0.0):.2f}",
-                    o.outputs["mask"].name,
+                    ", ".join(o.outputs[k].name for k in ("mask", "dicom_seg") if k in o.outputs),
                 )
             )
         else:
@@ -192,7 +202,13 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     with segmenter:
         outcomes = segmenter.segment_files(
-            cases, out, overlay=args.overlay, report=args.report, keep_results=False, series_uid=args.series_uid
+            cases,
+            out,
+            overlay=args.overlay,
+            report=args.report,
+            keep_results=False,
+            series_uid=args.series_uid,
+            mask_format=args.mask_format,
         )
     print(_summary(outcomes, out))
     return 1 if missing or any(not o.ok for o in outcomes) else 0
