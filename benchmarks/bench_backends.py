@@ -1,14 +1,19 @@
-"""CPU (and, where present, GPU) backends on the same real-CT slices in one run: slices/s and ratio vs PyTorch fp32.
+"""CPU (and, where present, GPU) backends on the same real-CT slices in one run: slices/s and ratios.
 
-    PYTHONPATH=python python benchmarks/bench_backends.py                      # bundled default model if present
+    PYTHONPATH=python python benchmarks/bench_backends.py                      # the bundled ONNX files
     PYTHONPATH=python python benchmarks/bench_backends.py --checkpoint model.pt --slices 64 --repeats 7
 
-The model is exported to fp32, FP16 and INT8 (Q/DQ, percentile calibration on the CT cases other than the one
-timed) in a temporary folder. Every backend runs the same preprocessed slices of tests/data/lits117_roi128 in
-batches of ``--batch``; each repeat times the whole set, the median over repeats is reported. Label agreement
-with PyTorch fp32 is printed beside the speed so a fast but wrong variant is visible. Without a checkpoint and
-without the bundled default model, an untrained network of the default configuration is timed (speed does not
-depend on the weights; agreement then means little, and the JSON says so).
+With the bundled default model its own fp32, FP16 and INT8 ONNX files are timed (what users run); with
+``--checkpoint`` the model is exported to fp32, FP16 and INT8 (Q/DQ, percentile calibration on the CT cases
+other than the one timed) in a temporary folder. CPU runs: PyTorch fp32, ONNX Runtime fp32/INT8/FP16 and, when
+installed, OpenVINO fp32, bf16 (where the CPU has it) and INT8. Every backend runs the same preprocessed slices of
+tests/data/lits117_roi128 in batches of ``--batch``. All backends are opened first and the repeats are
+interleaved (repeat r times every backend once, in turn), so that a change of load on a shared machine touches
+all of them alike; the median over repeats is reported, with the ratio to ONNX Runtime fp32 and to PyTorch fp32
+of the same run. Label agreement with PyTorch fp32 over the body (pixels above air) is printed beside the speed
+so a fast but wrong variant is visible. Without a checkpoint and without the bundled default model, an untrained
+network of the default configuration is timed (speed does not depend on the weights; agreement then means
+little, and the JSON says so).
 
 Writes benchmarks/results/backends_cpu.json (machine, versions, build flags, load average, settings, results).
 """
@@ -64,6 +69,13 @@ def _checkpoint(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
     return path, "untrained network of the default configuration (no bundled model found)"
 
 
+def _pass(fn, x: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
+    """Seconds for one pass over all of ``x`` in batches, and the logits."""
+    t0 = time.perf_counter()
+    outs = [np.asarray(fn(x[i : i + batch])) for i in range(0, len(x), batch)]
+    return time.perf_counter() - t0, np.concatenate(outs)
+
+
 def _time(fn, x: np.ndarray, batch: int, repeats: int) -> tuple[float, list[float], np.ndarray]:
     """Median seconds over ``repeats`` passes over all of ``x``, the per-repeat times, and the last logits."""
     out = None
@@ -90,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
+    import importlib.util
+
     import torch
+    from resunet_trt.backends import default_model_path
     from resunet_trt.backends.onnxruntime import OnnxRuntimeBackend, cuda_provider_available
     from resunet_trt.backends.torch import TorchBackend
     from resunet_trt.export import convert_fp16, export_onnx, quantize_int8, read_onnx_metadata
@@ -101,13 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         ckpt, model_source = _checkpoint(args, tmp)
         t0 = time.perf_counter()
-        fp32 = export_onnx(ckpt, tmp / "m.onnx")
-        fp16 = convert_fp16(fp32, tmp / "m.fp16.onnx")
-        calib = [
-            _load_hu(data / "lits_small64" / "ct.nii.gz"),
-            _load_hu(data / "totalseg_abdomen3mm" / "ct.nii.gz"),
-        ]
-        int8 = quantize_int8(fp32, tmp / "m.int8.onnx", volumes=calib, method="percentile", max_slices=32)
+        if model_source == "bundled default model":
+            fp32, fp16, int8 = (default_model_path(k) for k in ("onnx", "fp16", "int8"))
+            model_source += " (its bundled fp32, FP16 and INT8 ONNX files)"
+        else:
+            fp32 = export_onnx(ckpt, tmp / "m.onnx")
+            fp16 = convert_fp16(fp32, tmp / "m.fp16.onnx")
+            calib = [
+                _load_hu(data / "lits_small64" / "ct.nii.gz"),
+                _load_hu(data / "totalseg_abdomen3mm" / "ct.nii.gz"),
+            ]
+            int8 = quantize_int8(fp32, tmp / "m.int8.onnx", volumes=calib, method="percentile", max_slices=32)
         export_s = time.perf_counter() - t0
         meta = read_onnx_metadata(fp32)
 
@@ -129,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                 dtype=np.float32,
             )
         )
-        body = np.ones(x.shape[0:1] + tuple(meta.plane_size), bool)
+        # The body: pixels of the middle context slice above air (air sits at the window's floor).
+        mid_channel = x[:, meta.context // 2]
+        body = mid_channel > mid_channel.min() + 1e-3
 
         torch.set_num_threads(args.threads)
         runs = [
@@ -138,23 +159,49 @@ def main(argv: list[str] | None = None) -> int:
             ("onnxruntime_int8", lambda: OnnxRuntimeBackend(int8, device="cpu", threads=args.threads)),
             ("onnxruntime_fp16", lambda: OnnxRuntimeBackend(fp16, device="cpu", threads=args.threads)),
         ]
+        openvino_notes: dict[str, str] = {}
+        if importlib.util.find_spec("openvino") is not None:
+            from resunet_trt.backends.openvino import OpenVinoBackend, bf16_supported
+
+            def ov(path: Path, precision: str):
+                return lambda: OpenVinoBackend(path, threads=args.threads, precision=precision)
+
+            runs += [("openvino_fp32", ov(fp32, "fp32"))]
+            if bf16_supported():
+                runs += [("openvino_bf16", ov(fp32, "bf16"))]
+            else:
+                openvino_notes["openvino_bf16"] = "skipped: this CPU has no bf16 (AVX-512 BF16/AMX)"
+            runs += [("openvino_int8", ov(int8, "int8"))]
+        else:
+            openvino_notes["openvino"] = "skipped: openvino is not installed"
+
+        opened = {name: make() for name, make in runs}
+        logits_of: dict[str, np.ndarray] = {}
+        times_of: dict[str, list[float]] = {name: [] for name in opened}
+        for name, backend in opened.items():  # warm-up: allocations, lazy initialisation, kernel selection
+            backend.infer(x[: args.batch])
+        for _ in range(args.repeats):
+            for name, backend in opened.items():
+                seconds, logits_of[name] = _pass(backend.infer, x, args.batch)
+                times_of[name].append(seconds)
+        for backend in opened.values():
+            backend.close()
         results: dict[str, dict] = {}
-        ref_labels = None
-        for name, make in runs:
-            with make() as backend:
-                med, times, logits = _time(backend.infer, x, args.batch, args.repeats)
-            labels = logits.argmax(1)
-            if ref_labels is None:
-                ref_labels = labels
+        ref_labels = logits_of["pytorch_fp32"].argmax(1)
+        for name in opened:
+            med = statistics.median(times_of[name])
+            labels = logits_of[name].argmax(1)
             results[name] = {
                 "slices_per_s": len(x) / med,
                 "median_s": med,
-                "times_s": times,
+                "times_s": times_of[name],
                 "label_agreement_vs_pytorch_fp32": float((labels == ref_labels)[body].mean()),
             }
         base = results["pytorch_fp32"]["slices_per_s"]
+        base_ort = results["onnxruntime_fp32"]["slices_per_s"]
         for r in results.values():
             r["ratio_vs_pytorch_fp32"] = r["slices_per_s"] / base
+            r["ratio_vs_onnxruntime_fp32"] = r["slices_per_s"] / base_ort
 
         gpu: dict[str, dict] = {}
         if torch.cuda.is_available():
@@ -202,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "export_seconds": export_s,
         "cpu": results,
+        "cpu_notes": openvino_notes,
+        "agreement_mask": "body: pixels of the middle context slice above the window floor (air)",
+        "timing": "backends opened together, repeats interleaved across backends, median per backend",
         "gpu": {"device": gpu_name, "results": gpu} if gpu else None,
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
@@ -209,22 +259,22 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "build": build_info(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    from resunet_trt.io import atomic_write_bytes
+
+    out = atomic_write_bytes(Path(args.out), (json.dumps(report, indent=2) + "\n").encode())
 
     print(
         f"{len(x)} slices of {meta.plane_size[0]}x{meta.plane_size[1]}, context {meta.context}, batch {args.batch}, "
         f"{args.threads} threads, median of {args.repeats} ({model_source})"
     )
-    print(f"{'backend':<22}{'slices/s':>10}{'ratio':>8}{'agree':>9}")
+    print(f"{'backend':<22}{'slices/s':>10}{'vs torch':>9}{'vs ORT':>8}{'agree':>9}")
     for name, r in results.items():
         print(
-            f"{name:<22}{r['slices_per_s']:>10.2f}{r['ratio_vs_pytorch_fp32']:>8.2f}"
-            f"{r['label_agreement_vs_pytorch_fp32']:>9.4f}"
+            f"{name:<22}{r['slices_per_s']:>10.2f}{r['ratio_vs_pytorch_fp32']:>9.2f}"
+            f"{r['ratio_vs_onnxruntime_fp32']:>8.2f}{r['label_agreement_vs_pytorch_fp32']:>9.4f}"
         )
+    for name, note in openvino_notes.items():
+        print(f"{name}: {note}")
     for name, r in gpu.items():
         print(
             f"{'gpu ' + name:<30}{r['slices_per_s']:>10.1f}{r['ratio_vs_pytorch_fp32_gpu']:>8.2f}  ({gpu_name})"

@@ -9,11 +9,19 @@ pipeline), with nibabel's own gzip and, when ``resunet_trt.io`` offers one, its 
 Goals (issue 5): 2-core CPU with ONNX Runtime INT8 <= 60 s in memory; H100/H200 with PyTorch fp16 <= 1 s with
 pre- and postprocessing <= 10% of it.
 
+With ``--compare`` several models run on the same phantom in one process, interleaved (repeat r runs every
+model once, in turn, so a change of load on a shared machine touches all alike), and each one's median is given
+as a ratio to the first (list ONNX Runtime fp32, ``onnx``, first). Names are those of ``resunet-bench
+--compare``: ``onnx``, ``int8``, ``torch``, ``openvino``, ``openvino-bf16``, ``openvino-int8`` or model files.
+The load average before and after is stored with the results.
+
 Examples::
 
     nice -n 10 python benchmarks/bench_pipeline.py --device cpu --model python/resunet_trt/models/default/model.int8.onnx
     python benchmarks/bench_pipeline.py --device cuda --backend torch --repeats 5
     python benchmarks/bench_pipeline.py --device cpu --shape 64,256,256 --repeats 1   # quick look
+    nice -n 10 python benchmarks/bench_pipeline.py --device cpu --compare onnx,openvino-int8,openvino-bf16 \
+        --threads 2 --repeats 5 --out benchmarks/results/pipeline_cpu_compare.json
 
 Results go to benchmarks/results/pipeline_<device>.json (with machine, versions and build flags).
 """
@@ -106,10 +114,102 @@ def _xyz_affine(volume: Any) -> np.ndarray:
     return a[:, [2, 1, 0, 3]]
 
 
+def compare(args: argparse.Namespace, ct: np.ndarray, volume: Any, argv: list[str] | None) -> int:
+    """Several models on one phantom, repeats interleaved; medians and ratios to the first model."""
+    from resunet_trt.cli.bench import UsageError, parse_variant
+    from resunet_trt.config import build_info, machine_info, versions
+    from resunet_trt.io import CTVolume, atomic_write_bytes
+    from resunet_trt.segmenter import Segmenter
+
+    try:
+        variants = [parse_variant(item) for item in args.compare.split(",")]
+    except UsageError as exc:
+        raise SystemExit(f"--compare: {exc}") from exc
+    depth = volume.hu.shape[0]
+    load_before = os.getloadavg()
+    segs = {}
+    for v in variants:
+        t0 = time.perf_counter()
+        segs[v.label] = Segmenter(
+            model=v.model,
+            device=args.device,
+            backend=v.backend,
+            batch_size=args.batch_size,
+            num_threads=args.threads,
+            precision=v.precision,
+        )
+        print(f"{v.label}: {segs[v.label]!r}, precision {segs[v.label].backend.precision}, "
+              f"opened in {time.perf_counter() - t0:.2f} s")
+    warm = CTVolume.from_array(ct[: min(depth, 2 * args.batch_size)], spacing=args.spacing)
+    for seg in segs.values():
+        seg.segment(warm)
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in segs}
+    labels_of: dict[str, np.ndarray] = {}
+    for i in range(args.repeats):
+        for label, seg in segs.items():
+            t0 = time.perf_counter()
+            result = seg.segment(volume)
+            report = result.to_report()
+            total = time.perf_counter() - t0
+            stages = {k: float(result.timings.get(k, 0.0)) for k in (*DEVICE_STAGES, "slabs_wall")}
+            stages["total_in_memory"] = total
+            runs[label].append(stages)
+            labels_of[label] = result.labels
+            print(f"run {i + 1}/{args.repeats} {label}: {total:.2f} s, infer {stages['infer']:.2f} s, "
+                  f"{report['lesion_count']} lesions")
+    load_after = os.getloadavg()
+    first = variants[0].label
+    ref = labels_of[first]
+    body = volume.hu > -500
+    results = {}
+    for label, seg in segs.items():
+        median = {k: _median([r[k] for r in runs[label]]) for k in runs[label][0]}
+        results[label] = {
+            "backend": seg.backend.name,
+            "precision": seg.backend.precision,
+            "median_s": median,
+            "runs": runs[label],
+            "slices_per_s": depth / median["total_in_memory"],
+            "label_agreement_vs_first_body": float((labels_of[label] == ref)[body].mean()),
+        }
+    base = results[first]["median_s"]["total_in_memory"]
+    print(f"{'model':<16}{'total s':>9}{'infer s':>9}{'slices/s':>10}{'speed-up':>10}{'agree':>8}")
+    for label, r in results.items():
+        r["speedup_vs_first"] = base / r["median_s"]["total_in_memory"]
+        print(f"{label:<16}{r['median_s']['total_in_memory']:>9.2f}{r['median_s']['infer']:>9.2f}"
+              f"{r['slices_per_s']:>10.1f}{r['speedup_vs_first']:>10.2f}{r['label_agreement_vs_first_body']:>8.4f}")
+    print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
+    record = {
+        "benchmark": "pipeline_compare",
+        "shape_dhw": list(volume.hu.shape),
+        "spacing_mm": list(args.spacing),
+        "what": "int16 volume in memory -> labels + lesion report (Segmenter.segment + Result.to_report)",
+        "baseline": first,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "timing": "models opened together, repeats interleaved across models, median per model",
+        "results": results,
+        "load_average_before": list(load_before),
+        "load_average_after": list(load_after),
+        "machine": machine_info(),
+        "versions": versions(),
+        "build": build_info(),
+        "note": args.note,
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    }
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / "pipeline_cpu_compare.json"
+    atomic_write_bytes(out, (json.dumps(record, indent=2, default=str) + "\n").encode())
+    print(f"wrote {out}")
+    for seg in segs.values():
+        seg.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch")
+    parser.add_argument("--backend", default="auto", help="auto, tensorrt, openvino, onnxruntime or torch")
     parser.add_argument("--model", default=None, help="model file; default: the bundled model")
     parser.add_argument("--shape", type=_shape, default=(400, 512, 512), help="phantom D,H,W (default 400,512,512)")
     parser.add_argument("--spacing", type=_spacing, default=(2.5, 0.75, 0.75), help="dz,dy,dx mm")
@@ -119,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-files", action="store_true", help="skip the .nii.gz read/write timing")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/pipeline_<device>.json)")
     parser.add_argument("--note", default="", help="free text stored with the results (model provenance, load)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: the library's)")
+    parser.add_argument(
+        "--compare",
+        default=None,
+        help="comma-separated models (names as in resunet-bench --compare) run interleaved; ratios vs the first",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.batch_size < 1:
         parser.error("--repeats and --batch-size must be >= 1")
@@ -135,8 +241,16 @@ def main(argv: list[str] | None = None) -> int:
     volume = CTVolume.from_array(ct, spacing=args.spacing)
     depth = volume.hu.shape[0]
     print(f"phantom {tuple(volume.hu.shape)} int16 at {args.spacing} mm in {t_phantom:.1f} s")
+    if args.compare:
+        return compare(args, ct, volume, argv)
 
-    seg = Segmenter(model=args.model, device=args.device, backend=args.backend, batch_size=args.batch_size)
+    seg = Segmenter(
+        model=args.model,
+        device=args.device,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        num_threads=args.threads,
+    )
     device_kind = "cuda" if seg.device.startswith("cuda") else "cpu"
     print(f"{seg!r}, precision {seg.metadata.precision}, plane {tuple(seg.metadata.plane_size)}")
 
@@ -187,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             "backend": seg.backend.name,
             "device": seg.device,
             "model": args.model or "bundled default",
-            "precision": seg.metadata.precision,
+            "precision": seg.backend.precision,
             "plane_size": list(seg.metadata.plane_size),
             "batch_size": args.batch_size,
         },
@@ -208,11 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         "note": args.note,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }
+    from resunet_trt.io import atomic_write_bytes
+
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"pipeline_{device_kind}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp_out, out)
+    atomic_write_bytes(out, (json.dumps(record, indent=2, default=str) + "\n").encode())
     print(f"wrote {out}")
     seg.close()
     return 0
