@@ -1,5 +1,5 @@
-"""DICOM-SEG output: frames equal the NIfTI mask slice by slice, sit on the source slices, reference the source
-instances, file under the source study, round-trip to the CT grid through highdicom, and pass dciodvfy.
+"""DICOM-SEG output: frames equal the NIfTI mask slice by slice, sit on the source slices, reference the
+source instances, file under the source study, round-trip to the CT grid through highdicom, pass dciodvfy.
 
 Real series: tests/data/dicom_ct3slice (3 slices, GE) and, when the shared data folder sits beside the
 checkout, the 51-slice TCIA CRLM series. References are independent of the package: source slices are read and
@@ -32,7 +32,7 @@ SERIES = [
     pytest.param(
         CRLM,
         id="crlm51",
-        marks=pytest.mark.skipif(not CRLM.is_dir(), reason=f"{CRLM} absent (shared data beside the checkout)"),
+        marks=pytest.mark.skipif(not CRLM.is_dir(), reason=f"{CRLM} absent (shared data beside the clone)"),
     ),
 ]
 
@@ -75,8 +75,8 @@ def _dciodvfy(path: Path) -> tuple[list[str], list[str]]:
 
 
 def _ct_labels(volume: CTVolume, tumor: bool = True) -> np.ndarray:
-    """Labels made from the CT itself (soft tissue = 1, its patient-right third = 2): non-trivial and asymmetric,
-    so a flipped or transposed frame would not match."""
+    """Labels made from the CT itself (soft tissue = 1, its anterior patient-right part = 2): non-trivial and
+    asymmetric, so a flipped or transposed frame would not match."""
     hu = volume.hu
     labels = ((hu >= 20) & (hu <= 200)).astype(np.uint8)
     if tumor:
@@ -91,7 +91,9 @@ def _write(tmp_path: Path, folder: Path, labels_of=_ct_labels):
     volume = load_ct(folder)
     labels = labels_of(volume)
     nifti = save_mask(tmp_path / "mask.nii.gz", labels, like=volume)
-    seg_path = write_dicom_seg(tmp_path / "seg.dcm", labels, volume, model_sha256="ab" * 32, model_name="tiny.onnx")
+    seg_path = write_dicom_seg(
+        tmp_path / "seg.dcm", labels, volume, model_sha256="ab" * 32, model_name="tiny.onnx"
+    )
     return volume, labels, nifti, seg_path
 
 
@@ -106,7 +108,8 @@ def test_seg_frames_equal_the_nifti_mask_on_the_source_slices(tmp_path, folder):
     seg = hd.seg.segread(seg_path)
     by_source = _seg_by_source(seg, datasets)
     expected = _nifti_frames(nifti)
-    assert by_source.shape == expected.shape == (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns))
+    rows, columns = int(datasets[0].Rows), int(datasets[0].Columns)
+    assert by_source.shape == expected.shape == (len(datasets), rows, columns)
     np.testing.assert_array_equal(by_source, expected)
     # Every frame sits on the source slice it references, at that slice's ImagePositionPatient.
     position = {ds.SOPInstanceUID: [float(v) for v in ds.ImagePositionPatient] for ds in datasets}
@@ -134,7 +137,8 @@ def test_seg_files_under_the_source_study_with_new_uids_and_coded_segments(tmp_p
     src = _sources_in_normal_order(folder)[0]
     seg = pydicom.dcmread(seg_path)
     assert seg.Modality == "SEG" and seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
-    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "AccessionNumber", "StudyID"):
+    copied = ("StudyInstanceUID", "StudyID", "PatientID", "PatientName", "StudyDate", "AccessionNumber")
+    for keyword in copied:
         assert str(seg.get(keyword, "")) == str(src.get(keyword, "")), keyword
     assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
     assert seg.SeriesInstanceUID != src.SeriesInstanceUID
@@ -143,7 +147,8 @@ def test_seg_files_under_the_source_study_with_new_uids_and_coded_segments(tmp_p
     assert sorted(segments) == [1, 2]
     assert {n: s.SegmentLabel for n, s in segments.items()} == SEGMENT_LABELS
     liver, tumor = segments[1], segments[2]
-    assert (liver.SegmentedPropertyTypeCodeSequence[0].CodeValue, liver.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) == ("10200004", "SCT")
+    liver_type = liver.SegmentedPropertyTypeCodeSequence[0]
+    assert (liver_type.CodeValue, liver_type.CodingSchemeDesignator) == ("10200004", "SCT")  # Liver
     assert liver.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"  # Anatomical Structure
     assert tumor.SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"  # Neoplasm
     assert tumor.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"  # Morphologically abnormal
@@ -166,14 +171,16 @@ def test_seg_round_trips_to_the_ct_grid_voxel_for_voxel(tmp_path, folder):
     rot = to_seg[:3, :3]
     np.testing.assert_allclose(rot, np.round(rot), atol=1e-3)  # a signed permutation: the same grid
     np.testing.assert_allclose(to_seg[:3, 3], np.round(to_seg[:3, 3]), atol=1e-3)
-    d, h, w = np.indices(labels.shape).reshape(3, -1)
-    idx = np.round(rot) @ np.stack([d, h, w]) + np.round(to_seg[:3, 3])[:, None]
-    idx = idx.astype(np.int64)
-    inside = np.all((idx >= 0) & (idx < np.array(array.shape)[:, None]), axis=0)
-    flat = labels.reshape(-1)
-    np.testing.assert_array_equal(array[tuple(idx[:, inside])], flat[inside])
-    assert not flat[~inside].any(), "slices the SEG volume leaves out must be empty"
-    assert inside.sum() > flat.size // 2
+    perm, shift = np.round(rot).astype(int), np.round(to_seg[:3, 3]).astype(int)
+    # SEG voxel s_b = sign_b * c_a + shift_b, with a the canonical axis that SEG axis b runs along.
+    axes = [int(np.flatnonzero(perm[b])[0]) for b in range(3)]
+    canon_index = [(np.arange(array.shape[b]) - shift[b]) * perm[b, axes[b]] for b in range(3)]
+    for b in range(3):  # the SEG volume lies inside the CT's grid
+        assert canon_index[b].min() >= 0 and canon_index[b].max() < labels.shape[axes[b]]
+    expected = labels.transpose(axes)[np.ix_(*canon_index)]
+    np.testing.assert_array_equal(array, expected)
+    # Slices the SEG volume leaves out (empty frames at the ends) hold no label.
+    assert np.count_nonzero(expected) == np.count_nonzero(labels) > 0
 
 
 @pytest.mark.parametrize("folder", SERIES)
@@ -301,15 +308,21 @@ def test_report_names_the_study_series_and_each_lesions_widest_slice(folder):
     lesions = build_lesions(stats, volume=volume)
     assert len(lesions) == 2
     result = Result(
-        labels=labels, volume=volume, lesions=lesions, liver_volume_ml=1.0, tumor_volume_ml=0.1, tumor_burden=0.1
+        labels=labels,
+        volume=volume,
+        lesions=lesions,
+        liver_volume_ml=1.0,
+        tumor_volume_ml=0.1,
+        tumor_burden=0.1,
     )
     report = json.loads(json.dumps(result.to_report()))
     assert report["study_instance_uid"] == datasets[0].StudyInstanceUID
     assert report["series_instance_uid"] == datasets[0].SeriesInstanceUID
     # Lesion A (the larger) is widest on the last source slice, lesion B on the first.
-    assert [les.voxels for les in lesions] == sorted([100 * n + 300, 25 * n + 200], reverse=lesions[0].voxels > lesions[1].voxels)
+    assert sorted(les.voxels for les in lesions) == [25 * n + 200, 100 * n + 300]
     a, b = sorted(report["lesions"], key=lambda entry: -entry["voxels"])
-    assert a["largest_slice"] == n - 1 and a["largest_slice_sop_instance_uid"] == datasets[n - 1].SOPInstanceUID
+    assert a["largest_slice"] == n - 1
+    assert a["largest_slice_sop_instance_uid"] == datasets[n - 1].SOPInstanceUID
     assert b["largest_slice"] == 0 and b["largest_slice_sop_instance_uid"] == datasets[0].SOPInstanceUID
 
 
@@ -327,14 +340,16 @@ def test_segment_files_writes_a_seg_equal_to_its_nifti_mask(segmenter, tmp_path,
     (outcome,) = segmenter.segment_files([folder], tmp_path)
     assert outcome.ok, outcome.error
     name = folder.name
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}_mask.nii.gz", f"{name}_report.json", f"{name}_seg.dcm"]
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == [f"{name}_mask.nii.gz", f"{name}_report.json", f"{name}_seg.dcm"]
     datasets = _sources_in_normal_order(folder)
     seg = hd.seg.segread(outcome.outputs["dicom_seg"])
     np.testing.assert_array_equal(_seg_by_source(seg, datasets), _nifti_frames(outcome.outputs["mask"]))
     import hashlib
 
     sha = hashlib.sha256(Path(onnx_fp32).read_bytes()).hexdigest()
-    assert f"model_sha256={sha}" in seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert f"model_sha256={sha}" in algorithm.AlgorithmParameters
     report = json.loads(outcome.outputs["report"].read_text())
     assert report["series_instance_uid"] == datasets[0].SeriesInstanceUID
     uids = {ds.SOPInstanceUID for ds in datasets}
@@ -351,7 +366,8 @@ def test_mask_format_choices(segmenter, tmp_path, lits_small):
     (only_nifti,) = segmenter.segment_files([DICOM3], tmp_path / "b", mask_format="nifti", report=False)
     assert only_nifti.ok and sorted(only_nifti.outputs) == ["mask"]
     nifti = tmp_path / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(lits_small[0].transpose(2, 1, 0).astype(np.int16), np.diag([-5.3, -5.3, 5.0, 1.0])), nifti)
+    hu = lits_small[0].transpose(2, 1, 0).astype(np.int16)
+    nib.save(nib.Nifti1Image(hu, np.diag([-5.3, -5.3, 5.0, 1.0])), nifti)
     (auto,) = segmenter.segment_files([nifti], tmp_path / "c", report=False)
     assert auto.ok and sorted(auto.outputs) == ["mask"]
     (refused,) = segmenter.segment_files([nifti], tmp_path / "d", mask_format="both", report=False)

@@ -9,8 +9,9 @@ ImagePositionPatient. :func:`write_dicom_seg` writes the labels as one multi-fra
   Structure / Neoplasm, anatomic region Liver), SNOMED CT codes, segment algorithm type AUTOMATIC and the
   algorithm identified by name, version and the model file's sha256;
 * one frame per source slice and segment where the segment has pixels (empty frames are left out, as usual
-  for DICOM-SEG; a segment with no pixels at all, e.g. no tumor, is described but has no frames), each frame
-  referencing its source instance and sitting at that slice's ImagePositionPatient, in the source's pixel grid;
+  for DICOM-SEG; a segment with no pixels at all, e.g. no tumor, is described but has no frames; an all-empty
+  mask keeps every frame), each frame referencing its source instance and sitting at that slice's
+  ImagePositionPatient, in the source's pixel grid;
 * new Series and SOP Instance UIDs; patient, study and frame of reference copied from the source, so the SEG
   files under the same study.
 
@@ -55,7 +56,8 @@ def dicom_seg_unavailable_reason(volume: CTVolume) -> str | None:
     """
     meta = getattr(volume, "meta", None) or {}
     if meta.get("format") != "dicom":
-        return f"a DICOM-SEG needs a DICOM series as input, got {meta.get('format', 'an unknown format')} input"
+        got = meta.get("format", "an unknown format")
+        return f"a DICOM-SEG needs a DICOM series as input, got {got} input"
     uids = meta.get("sop_instance_uids") or ()
     if not uids or not all(uids) or not meta.get("study_uid") or not meta.get("series_uid"):
         return (
@@ -142,7 +144,9 @@ def write_dicom_seg(
             raise ImportError(reason)
         raise ValueError(f"{like.source}: {reason}")
     if model_sha256 is not None and (
-        not isinstance(model_sha256, str) or len(model_sha256) != 64 or any(c not in "0123456789abcdef" for c in model_sha256)
+        not isinstance(model_sha256, str)
+        or len(model_sha256) != 64
+        or any(c not in "0123456789abcdef" for c in model_sha256)
     ):
         raise ValueError(f"model_sha256 must be 64 lowercase hex digits or None, got {model_sha256!r}")
 
@@ -187,7 +191,7 @@ def write_dicom_seg(
     except (TypeError, ValueError):
         series_number = _SEG_SERIES_NUMBER_OFFSET
     # highdicom warns about the source's own attributes (a one-component patient name, say): facts about the
-    # input, logged rather than raised, since they do not make the SEG invalid.
+    # input that the SEG copies as they are, logged rather than raised since they do not make it invalid.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         seg = hd.seg.Segmentation(
@@ -209,7 +213,7 @@ def write_dicom_seg(
             omit_empty_frames=True,
         )
     for w in caught:
-        logger.warning("%s: %s", like.source, w.message)
+        logger.info("%s: highdicom on the source's attributes: %s", like.source, w.message)
     target = Path(path)
     with atomic_write(target) as tmp:
         seg.save_as(tmp)
@@ -218,7 +222,7 @@ def write_dicom_seg(
 
 
 def _source_datasets(like: CTVolume) -> list[Any]:
-    """The source slices' headers (no pixel data), in the reader's slice order; checked against what was read."""
+    """The source slices' headers (no pixel data) in the reader's slice order, checked against the reading."""
     import pydicom
 
     meta = like.meta
@@ -229,7 +233,9 @@ def _source_datasets(like: CTVolume) -> list[Any]:
         try:
             ds = pydicom.dcmread(file, stop_before_pixels=True)
         except Exception as exc:
-            raise ValueError(f"{file}: cannot read the source slice again ({type(exc).__name__}: {exc})") from exc
+            raise ValueError(
+                f"{file}: cannot read the source slice again ({type(exc).__name__}: {exc})"
+            ) from exc
         position = np.array([float(v) for v in ds.get("ImagePositionPatient") or (np.nan,) * 3])
         if str(ds.get("SOPInstanceUID", "")) != uid or not np.allclose(position, positions[k], atol=1e-3):
             raise ValueError(f"{file}: the source slice changed since the series was read")
