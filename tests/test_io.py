@@ -712,3 +712,47 @@ def test_big_endian_file_loads_to_native_int16(tmp_path):
     vol = load_ct(tmp_path / "big_endian.nii")
     assert vol.hu.dtype == np.dtype("=i2")
     np.testing.assert_array_equal(vol.hu, data.transpose(2, 1, 0)[:, ::-1, ::-1])
+
+
+def test_a_label_stored_with_flipped_rows_is_reoriented_to_the_ct(tmp_path, data_dir):
+    """The same voxels written in another axis direction (as some DICOM converters do) describe the same grid."""
+    import nibabel as nib
+
+    from resunet_trt import io as rio
+
+    ct_path = data_dir / "totalseg_abdomen3mm" / "ct.nii.gz"
+    vol = rio.load_ct(ct_path)
+    rng = np.random.default_rng(3)
+    disk_labels = rng.integers(0, 3, size=vol.geometry.shape).astype(np.uint8)
+    same = tmp_path / "same.nii.gz"
+    nib.save(nib.Nifti1Image(disk_labels, vol.geometry.affine), same)
+    flipped_affine = vol.geometry.affine.copy()
+    ny = disk_labels.shape[1]
+    flipped_affine[:, 3] = vol.geometry.affine @ np.array([0.0, ny - 1, 0.0, 1.0])
+    flipped_affine[:, 1] = -vol.geometry.affine[:, 1]
+    flipped = tmp_path / "flipped.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(disk_labels[:, ::-1]), flipped_affine), flipped)
+    want = rio.load_label(same, vol)
+    np.testing.assert_array_equal(rio.load_label(flipped, vol), want)
+    shifted_affine = flipped_affine.copy()
+    shifted_affine[0, 3] += 5.0
+    shifted = tmp_path / "shifted.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(disk_labels[:, ::-1]), shifted_affine), shifted)
+    with pytest.raises(ValueError, match="affine differs"):
+        rio.load_label(shifted, vol)
+
+
+def test_organ_maps_load_with_a_larger_max_value(tmp_path, data_dir):
+    import nibabel as nib
+
+    from resunet_trt import io as rio
+
+    vol = rio.load_ct(data_dir / "totalseg_abdomen3mm" / "ct.nii.gz")
+    organs = np.zeros(vol.geometry.shape, np.uint8)
+    organs[10:20, 10:20, 10:20] = 28
+    path = tmp_path / "organs.nii.gz"
+    nib.save(nib.Nifti1Image(organs, vol.geometry.affine), path)
+    with pytest.raises(ValueError, match="0, 1 or 2"):
+        rio.load_label(path, vol)
+    got = rio.load_label(path, vol, max_value=255)
+    assert got.dtype == np.uint8 and int(got.sum()) == 28 * 1000

@@ -526,13 +526,15 @@ def load_ct(path_or_dir: PathLike, *, series_uid: str | None = None) -> CTVolume
     )
 
 
-def load_label(path: PathLike, like: CTVolume) -> np.ndarray:
+def load_label(path: PathLike, like: CTVolume, *, max_value: int = 2) -> np.ndarray:
     """Read a label map (0 background, 1 liver, 2 tumor) that belongs to ``like``.
 
     Args:
-        path: NIfTI label file, in the same on-disk geometry as the CT ``like`` was read from (same shape and
-            affine, to within 1e-3 mm); for a DICOM CT, the geometry of its usual NIfTI conversion.
+        path: NIfTI label file on the same voxel grid as the CT ``like`` was read from: the same on-disk shape and
+            affine (to within 1e-3 mm), or the same voxels stored in another axis order or direction (a DICOM
+            series converted with its rows flipped, say), which is reoriented.
         like: The CT volume the labels belong to.
+        max_value: the largest label value allowed (2 for liver/tumor maps; up to 255 for organ maps).
 
     Returns:
         uint8 (D, H, W) in ``like``'s canonical orientation.
@@ -550,24 +552,39 @@ def load_label(path: PathLike, like: CTVolume) -> np.ndarray:
     data = _spatial_3d(data, file)
     target = like.geometry
     assert target is not None  # set by CTVolume.__post_init__
-    if data.shape != target.shape:
-        raise ValueError(
-            f"{file}: label shape {data.shape} differs from the CT's on-disk shape {target.shape}"
-        )
-    if not np.allclose(affine, target.affine, rtol=0.0, atol=_AFFINE_ATOL_MM):
-        raise ValueError(
-            f"{file}: label affine differs from the CT's (max difference "
-            f"{np.max(np.abs(affine - target.affine)):.4g} mm):\n{np.round(affine, 4)}\nvs\n{np.round(target.affine, 4)}"
-        )
+    if not (isinstance(max_value, int) and 0 < max_value <= 255):
+        raise ValueError(f"max_value must be an integer in 1..255, got {max_value!r}")
+    geometry = target
+    if data.shape != target.shape or not np.allclose(affine, target.affine, rtol=0.0, atol=_AFFINE_ATOL_MM):
+        # The same voxels stored in another axis order or direction describe the same canonical grid.
+        try:
+            own = DiskGeometry.from_affine(data.shape, affine)
+            same_grid = own.canonical_shape() == target.canonical_shape() and np.allclose(
+                own.canonical_affine(), target.canonical_affine(), rtol=0.0, atol=_AFFINE_ATOL_MM
+            )
+        except ValueError:
+            same_grid = False
+        if not same_grid:
+            if data.shape != target.shape:
+                raise ValueError(
+                    f"{file}: label shape {data.shape} differs from the CT's on-disk shape {target.shape}"
+                )
+            raise ValueError(
+                f"{file}: label affine differs from the CT's (max difference "
+                f"{np.max(np.abs(affine - target.affine)):.4g} mm):\n{np.round(affine, 4)}\nvs\n"
+                f"{np.round(target.affine, 4)}"
+            )
+        geometry = own
     lo, hi = float(np.min(data)), float(np.max(data))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{file}: label image has NaN or Inf values")
-    if lo < 0 or hi > 2:
-        raise ValueError(f"{file}: label values must be 0, 1 or 2, found the range [{lo:g}, {hi:g}]")
+    allowed = "0, 1 or 2" if max_value == 2 else f"integers 0..{max_value}"
+    if lo < 0 or hi > max_value:
+        raise ValueError(f"{file}: label values must be {allowed}, found the range [{lo:g}, {hi:g}]")
     labels = data.astype(np.uint8)
     if data.dtype.kind == "f" and not np.array_equal(labels, data):
-        raise ValueError(f"{file}: label values must be the integers 0, 1 or 2, found fractional values")
-    return np.ascontiguousarray(target.to_canonical(labels))
+        raise ValueError(f"{file}: label values must be the {allowed}, found fractional values")
+    return np.ascontiguousarray(geometry.to_canonical(labels))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
