@@ -530,9 +530,11 @@ def test_ddp_two_gloo_processes_keep_weights_in_sync_and_only_rank0_writes(tmp_p
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
-    init = dict(__import__("resunet_trt.model", fromlist=["ResUNet"]).ResUNet(
-        __import__("resunet_trt.model", fromlist=["ResUNetConfig"]).ResUNetConfig(
-            base_width=4, depth=2, max_width=8)).named_parameters())
+    from resunet_trt.model import ResUNet, ResUNetConfig, load_checkpoint
+
+    trained_config = load_checkpoint(run / "last.pt")[1].model_config  # the architecture the run trained
+    assert trained_config["base_width"] == 4 and trained_config["depth"] == 2
+    init = dict(ResUNet(ResUNetConfig.from_dict(trained_config)).named_parameters())
     assert any(not torch.equal(w0[k], init[k].detach()) for k in w0)  # training did happen
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one writer, not two

@@ -7,7 +7,15 @@ A *case* is one CT volume with its label volume. Three layouts are read:
 * a CSV (or plain list) of ``image,label[,kind]`` lines, paths relative to the file; ``kind`` is ``full``
   (0 background, 1 liver, 2 tumor, the default) or ``liver_only`` (0/1 liver masks, tumor not annotated).
 
-A folder holding ``ct.nii.gz`` with ``label.nii.gz`` (one case, as in tests/data) is read as well.
+A folder holding ``ct.nii.gz`` with ``label.nii.gz`` (one case, as in tests/data) is read as well, and so is a
+folder of 2D slices (``images/*.jpg`` with ``masks/*.jpg``, 8-bit pixel = HU clipped to 0..255, liver and tumor
+merged, as in the MSD liver slice sets): one liver-only case whose slices are segmented one at a time.
+
+A case list may also say, per case, what a plain label file cannot: ``label_map`` (``"5:1"``: an organ map's liver
+value becomes liver, everything else background), ``spacing`` (``"1.4 1.4 1.4"``: a header known to be wrong),
+``slices`` (``"42:51"``: only these canonical slices, e.g. a thorax without liver), ``weight`` (sampling weight of
+each of its slices) and the kind ``negative`` (no label file: every voxel is background, e.g. thorax slices above
+the liver, where the heart must not be called liver).
 
 Volumes come through ``resunet_trt.io.load_ct``/``load_label`` in the canonical (D, H, W) orientation, and every
 case is turned into network input by ``resunet_trt.kernels.preprocess`` — the op that inference runs — once, at
@@ -17,6 +25,7 @@ the start of training (the result is cached per case). Augmentation then works o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import logging
 import re
@@ -29,7 +38,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-LABEL_KINDS = ("full", "liver_only")
+LABEL_KINDS = ("full", "liver_only", "negative")
+SLICE_SET_SPACING = (3.0, 1.6, 1.6)  # assumed (dz, dy, dx) of 256x256 slice sets (512-pixel CT at ~0.8 mm, halved)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -41,17 +51,33 @@ class CaseSpec:
         name: a short unique id (used in splits and logs).
         image: CT file (NIfTI) or DICOM series folder.
         label: label NIfTI.
-        kind: ``"full"`` (0/1/2 labels) or ``"liver_only"`` (liver mask; tumor not annotated).
+        kind: ``"full"`` (0/1/2 labels), ``"liver_only"`` (liver mask; tumor not annotated) or ``"negative"``
+            (no label file; every voxel is background).
+        label_map: (value, class) pairs applied to the label file; values not listed become background. None
+            reads the file as 0/1/2.
+        spacing: (dz, dy, dx) in mm replacing the image header's, or None.
+        slices: (start, stop) canonical slices to keep, or None for all.
+        weight: sampling weight of each of the case's slices (1.0: like any other slice).
+        slice_set: a folder of 2D slices (``images/`` + ``masks/`` JPEGs) rather than a volume.
     """
 
     name: str
     image: Path
-    label: Path
+    label: Path | None
     kind: str = "full"
+    label_map: tuple[tuple[int, int], ...] | None = None
+    spacing: tuple[float, float, float] | None = None
+    slices: tuple[int, int] | None = None
+    weight: float = 1.0
+    slice_set: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in LABEL_KINDS:
             raise ValueError(f"case {self.name}: kind must be one of {LABEL_KINDS}, got {self.kind!r}")
+        if (self.label is None) != (self.kind == "negative"):
+            raise ValueError(f"case {self.name}: a label file is needed unless the kind is 'negative'")
+        if not (self.weight > 0 and np.isfinite(self.weight)):
+            raise ValueError(f"case {self.name}: weight must be > 0, got {self.weight}")
 
 
 @dataclass
@@ -64,6 +90,8 @@ class Case:
         labels: uint8 (D, H, W); for ``liver_only`` cases 0/1.
         kind: label kind (see :class:`CaseSpec`).
         spacing: (dz, dy, dx) in mm.
+        weight: sampling weight of each slice.
+        slice_set: the slices are unrelated 2D images (no neighbours: each is its own context).
     """
 
     name: str
@@ -71,6 +99,8 @@ class Case:
     labels: np.ndarray
     kind: str = "full"
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    weight: float = 1.0
+    slice_set: bool = False
 
 
 def _strip_nifti(name: str) -> str | None:
@@ -132,37 +162,151 @@ def find_msd(folder: str | Path) -> list[CaseSpec]:
     return _pair(images, labels, prefix="msd-", where=lab_dir)
 
 
-def read_case_list(path: str | Path) -> list[CaseSpec]:
-    """A CSV/list of ``image,label[,kind]`` lines (optional header ``image,label,kind``; ``#`` comments).
+CASE_LIST_COLUMNS = ("image", "label", "kind", "label_map", "spacing", "slices", "weight")
 
-    Relative paths are taken relative to the list file's folder.
+
+def _parse_label_map(text: str, where: str) -> tuple[tuple[int, int], ...]:
+    pairs = []
+    for item in text.replace(",", " ").split():
+        value, _, cls = item.partition(":")
+        try:
+            pair = (int(value), int(cls))
+        except ValueError:
+            raise ValueError(f"{where}: label_map must be 'value:class' pairs like '5:1', got {text!r}") from None
+        if pair[1] not in (0, 1, 2):
+            raise ValueError(f"{where}: label_map classes must be 0, 1 or 2, got {text!r}")
+        pairs.append(pair)
+    return tuple(pairs)
+
+
+def _parse_spacing(text: str, where: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 < v < 100 for v in values):
+        raise ValueError(f"{where}: spacing must be three sizes in mm 'dz dy dx', got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _parse_slices(text: str, where: str) -> tuple[int, int]:
+    start, sep, stop = text.partition(":")
+    try:
+        out = (int(start) if start.strip() else 0, int(stop) if stop.strip() else 1 << 30)
+    except ValueError:
+        out = (0, 0)
+    if not sep or out[0] < 0 or out[1] <= out[0]:
+        raise ValueError(f"{where}: slices must be 'start:stop' with 0 <= start < stop, got {text!r}")
+    return out
+
+
+def read_case_list(path: str | Path) -> list[CaseSpec]:
+    """A CSV/list of ``image,label[,kind]`` lines (``#`` comments), or a CSV whose header names any of
+    :data:`CASE_LIST_COLUMNS` (``image`` is required; see :class:`CaseSpec` for the others).
+
+    Relative paths are taken relative to the list file's folder; a folder of 2D slices (``images/`` +
+    ``masks/``) may stand as the image, with an empty label.
     """
     path = Path(path)
     specs: list[CaseSpec] = []
     with path.open(newline="") as f:
         rows = [r for r in csv.reader(f) if r and not r[0].lstrip().startswith("#")]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["image", "label"]:
+    header = ["image", "label", "kind"]
+    if rows and [c.strip().lower() for c in rows[0][:1]] == ["image"]:
+        header = [c.strip().lower() for c in rows[0]]
+        unknown = [c for c in header if c not in CASE_LIST_COLUMNS]
+        if unknown:
+            raise ValueError(f"{path}: unknown columns {unknown}; known: {', '.join(CASE_LIST_COLUMNS)}")
         rows = rows[1:]
+
+    def resolve(cell: str) -> Path:
+        return Path(cell) if Path(cell).is_absolute() else (path.parent / cell).resolve()
+
     for lineno, row in enumerate(rows, 1):
-        cells = [c.strip() for c in row]
-        if len(cells) < 2 or not cells[0] or not cells[1]:
-            raise ValueError(f"{path}: entry {lineno} must be 'image,label[,kind]', got {row!r}")
-        kind = cells[2] if len(cells) > 2 and cells[2] else "full"
+        where = f"{path}: entry {lineno}"
+        cells = dict(zip(header, (c.strip() for c in row)))
+        image_cell, label_cell = cells.get("image", ""), cells.get("label", "")
+        kind = cells.get("kind") or "full"
         if kind not in LABEL_KINDS:
-            raise ValueError(f"{path}: entry {lineno}: kind must be one of {LABEL_KINDS}, got {kind!r}")
-        image = (path.parent / cells[0]).resolve() if not Path(cells[0]).is_absolute() else Path(cells[0])
-        label = (path.parent / cells[1]).resolve() if not Path(cells[1]).is_absolute() else Path(cells[1])
-        name = _case_name_from(image)
-        specs.append(CaseSpec(name=name, image=image, label=label, kind=kind))
+            raise ValueError(f"{where}: kind must be one of {LABEL_KINDS}, got {kind!r}")
+        image = resolve(image_cell) if image_cell else None
+        slice_set = image is not None and is_slice_set(image)
+        if image is None or (not label_cell and kind != "negative" and not slice_set):
+            raise ValueError(f"{where} must be 'image,label[,kind]' (label empty only for kind negative), got {row!r}")
+        spec = slice_set_case(image, name=image.name) if slice_set else CaseSpec(
+            name=_case_name_from(image), image=image, label=resolve(label_cell) if label_cell else None, kind=kind,
+        )
+        specs.append(dataclasses.replace(
+            spec,
+            label_map=_parse_label_map(cells["label_map"], where) if cells.get("label_map") else None,
+            spacing=_parse_spacing(cells["spacing"], where) if cells.get("spacing") else None,
+            slices=_parse_slices(cells["slices"], where) if cells.get("slices") else None,
+            weight=float(cells["weight"]) if cells.get("weight") else 1.0,
+        ))
     if not specs:
         raise ValueError(f"{path}: the case list is empty")
+    names = [s.name for s in specs]
+    for i, n in enumerate(names):  # the same image listed twice (e.g. its liver and its thorax) gets a suffix
+        if names.count(n) > 1:
+            specs[i] = dataclasses.replace(specs[i], name=f"{n}-{names[:i].count(n) + 1}")
     return specs
+
+
+def is_slice_set(folder: Path) -> bool:
+    """True for a folder of 2D slices: ``images/`` and ``masks/`` holding JPEG or PNG files of the same names."""
+    return folder.is_dir() and (folder / "images").is_dir() and (folder / "masks").is_dir()
+
+
+def slice_set_case(folder: Path, *, name: str | None = None) -> CaseSpec:
+    """A slice set as one liver-only case (its masks merge liver and tumor)."""
+    return CaseSpec(name=name or folder.name, image=folder, label=folder, kind="liver_only", slice_set=True)
+
+
+# Each file-name prefix of the MSD slice sets stores the slices turned one way; np.rot90 turns them back to the
+# canonical view (anterior up, the patient's right on the image's left). Checked by eye on every prefix.
+_SLICE_SET_ROTATIONS = {"flipped": 1, "mirrored": -1}
+
+
+def load_slice_set(spec: CaseSpec) -> Case:
+    """Read a folder of 2D slices: pixel value = HU clipped to 0..255, mask > 127 = liver (or tumor).
+
+    Slices are turned to the canonical view by their file-name prefix (files of an unknown prefix are an error,
+    not guessed), stacked as unrelated slices of one case.
+    """
+    from PIL import Image
+
+    folder = Path(spec.image)
+    files = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise ValueError(f"{folder}/images: no .jpg or .png slices")
+    hu, labels = [], []
+    for f in files:
+        prefix = f.name.split("_", 1)[0]
+        if prefix not in _SLICE_SET_ROTATIONS:
+            raise ValueError(f"{f}: unknown slice orientation prefix {prefix!r} (known: {sorted(_SLICE_SET_ROTATIONS)})")
+        mask_file = folder / "masks" / f.name
+        if not mask_file.is_file():
+            raise ValueError(f"no mask for slice {f} (expected {mask_file})")
+        image = np.asarray(Image.open(f).convert("L"))
+        mask = np.asarray(Image.open(mask_file).convert("L"))
+        if image.shape != mask.shape:
+            raise ValueError(f"{mask_file}: shape {mask.shape} differs from its slice's {image.shape}")
+        k = _SLICE_SET_ROTATIONS[prefix]
+        hu.append(np.rot90(image, k).astype(np.int16))
+        labels.append(np.rot90(mask > 127, k).astype(np.uint8))
+    shapes = {a.shape for a in hu}
+    if len(shapes) != 1:
+        raise ValueError(f"{folder}: slices of different sizes {sorted(shapes)}")
+    return Case(
+        name=spec.name, hu=np.ascontiguousarray(np.stack(hu)), labels=np.ascontiguousarray(np.stack(labels)),
+        kind="liver_only", spacing=spec.spacing or SLICE_SET_SPACING, weight=spec.weight, slice_set=True,
+    )
 
 
 def _case_name_from(image: Path) -> str:
     stem = _strip_nifti(image.name) or image.name
     # one folder per case (…/case/ct.nii.gz): the folder is the informative part
-    return image.parent.name if stem in ("ct", "image", "volume", "img") else stem
+    return image.parent.name if stem in ("ct", "image", "volume", "img", "series", "dicom") else stem
 
 
 def find_cases(source: str | Path, *, kind: str | None = None) -> list[CaseSpec]:
@@ -180,6 +324,8 @@ def find_cases(source: str | Path, *, kind: str | None = None) -> list[CaseSpec]
         raise ValueError(f"data source does not exist: {source}")
     if source.is_file():
         specs = read_case_list(source)
+    elif is_slice_set(source):
+        specs = [slice_set_case(source)]
     elif (source / "imagesTr").is_dir():
         specs = find_msd(source)
     elif any(_strip_nifti(p.name) and p.name.startswith("volume-") for p in source.iterdir()):
@@ -199,7 +345,7 @@ def find_cases(source: str | Path, *, kind: str | None = None) -> list[CaseSpec]
     if kind is not None:
         if kind not in LABEL_KINDS:
             raise ValueError(f"kind must be one of {LABEL_KINDS}, got {kind!r}")
-        specs = [CaseSpec(s.name, s.image, s.label, kind) for s in specs]
+        specs = [dataclasses.replace(s, kind=kind) for s in specs]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"{source}: duplicate case names {sorted({n for n in names if names.count(n) > 1})}")
@@ -210,13 +356,16 @@ def load_case(spec: CaseSpec) -> Case:
     """Load and check one case; ValueError naming the file on any problem.
 
     Checks (through ``resunet_trt.io``): the image is a 3D CT, the label exists, has the image's on-disk shape
-    and affine, and holds only 0/1/2 (for ``liver_only`` cases a 2 is taken as liver).
+    and affine, and holds only 0/1/2 after ``label_map`` (for ``liver_only`` cases a 2 is taken as liver).
+    ``spacing`` and ``slices`` of the spec are applied last.
     """
     from resunet_trt import io as rio
 
+    if spec.slice_set:
+        return load_slice_set(spec)
     if not Path(spec.image).exists():
         raise ValueError(f"image file not found: {spec.image}")
-    if not Path(spec.label).exists():
+    if spec.label is not None and not Path(spec.label).exists():
         raise ValueError(f"no label file for image {spec.image}: {spec.label} does not exist")
     try:
         vol = rio.load_ct(spec.image)
@@ -224,24 +373,39 @@ def load_case(spec: CaseSpec) -> Case:
         raise ValueError(f"{spec.image}: cannot be read as a 3D CT volume ({exc})") from exc
     if vol.hu.ndim != 3:
         raise ValueError(f"{spec.image}: expected a 3D image, got shape {vol.hu.shape}")
-    try:
-        labels = rio.load_label(spec.label, vol)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{spec.label}: label does not match image {spec.image} ({exc})") from exc
+    if spec.label is None:
+        labels = np.zeros(vol.hu.shape, np.uint8)
+    else:
+        try:
+            labels = rio.load_label(spec.label, vol, max_value=255 if spec.label_map is not None else 2)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{spec.label}: label does not match image {spec.image} ({exc})") from exc
     if labels.shape != vol.hu.shape:
         raise ValueError(f"{spec.label}: label shape {labels.shape} differs from image shape {vol.hu.shape}")
+    if spec.label_map is not None:
+        lut = np.zeros(max(int(labels.max()), max(v for v, _ in spec.label_map)) + 1, np.uint8)
+        for value, cls in spec.label_map:
+            lut[value] = cls
+        labels = lut[labels]
     values = np.unique(labels)
     bad = [int(v) for v in values if v not in (0, 1, 2)]
     if bad:
         raise ValueError(f"{spec.label}: label values must be in {{0, 1, 2}}, found {bad}")
     if spec.kind == "liver_only":
         labels = (labels > 0).astype(np.uint8)
+    hu = vol.hu
+    if spec.slices is not None:
+        start, stop = spec.slices[0], min(spec.slices[1], hu.shape[0])
+        if start >= stop:
+            raise ValueError(f"{spec.image}: slices {spec.slices} select nothing of its {hu.shape[0]} slices")
+        hu, labels = hu[start:stop], labels[start:stop]
     return Case(
         name=spec.name,
-        hu=np.ascontiguousarray(vol.hu),
+        hu=np.ascontiguousarray(hu),
         labels=np.ascontiguousarray(labels, dtype=np.uint8),
         kind=spec.kind,
-        spacing=tuple(float(s) for s in vol.spacing),  # type: ignore[arg-type]
+        spacing=spec.spacing or tuple(float(s) for s in vol.spacing),  # type: ignore[arg-type]
+        weight=spec.weight,
     )
 
 
@@ -280,39 +444,68 @@ def split_cases(
     return [n for n in names if n not in chosen], [n for n in names if n in chosen]
 
 
-def resize_labels_nearest(labels: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of the plane of (D, H, W) labels to (D, h, w).
+def resize_labels_nearest(
+    labels: np.ndarray,
+    out_size: tuple[int, int],
+    *,
+    step: tuple[float, float] | None = None,
+    origin: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Nearest-neighbour resampling of the plane of (D, H, W) labels to (D, h, w).
 
-    Uses the half-pixel convention of the bilinear image resize (output pixel centre (i + 0.5) * H / h - 0.5),
-    so labels land on the pixels the image lands on.
+    Uses the mapping of the image resampling (``kernels.preprocess``): output pixel ``y`` sits at input coordinate
+    ``(y + 0.5) * step + origin - 0.5`` (default ``step = H / h``, ``origin = 0``: the whole plane), so labels land on
+    the pixels the image lands on. Pixels outside the input plane are background.
     """
     _, hh, ww = labels.shape
     oh, ow = out_size
-    rows = np.minimum(np.floor((np.arange(oh) + 0.5) * hh / oh).astype(np.int64), hh - 1)
-    cols = np.minimum(np.floor((np.arange(ow) + 0.5) * ww / ow).astype(np.int64), ww - 1)
-    return np.ascontiguousarray(labels[:, rows][:, :, cols])
+    sy, sx = step if step is not None else (hh / oh, ww / ow)
+    oy, ox = origin if origin is not None else (0.0, 0.0)
+
+    def taps(n_out: int, n_in: int, st: float, org: float) -> tuple[np.ndarray, np.ndarray]:
+        pos = (np.arange(n_out) + 0.5) * st + org  # input coordinate + 0.5
+        inside = (pos >= 0.0) & (pos <= n_in)
+        return np.clip(np.floor(pos).astype(np.int64), 0, n_in - 1), inside
+
+    rows, rin = taps(oh, hh, sy, oy)
+    cols, cin = taps(ow, ww, sx, ox)
+    out = labels[:, rows][:, :, cols]
+    if not (rin.all() and cin.all()):
+        out = out * (rin[:, None] & cin[None, :])[None].astype(out.dtype)
+    return np.ascontiguousarray(out)
 
 
-def preprocess_volume(
-    hu: np.ndarray,
-    *,
-    window: tuple[float, float],
-    plane_size: tuple[int, int],
-    context: int,
-    dtype: str = "float16",
-) -> np.ndarray:
-    """Network input for every slice of a volume: (D, H, W) HU -> (D, K, h, w), via ``kernels.preprocess``."""
-    from resunet_trt import kernels
+@dataclass(frozen=True)
+class Sampling:
+    """How a case is turned into network input: the preprocessing that inference also does.
 
-    return np.asarray(
-        kernels.preprocess(hu, window=tuple(window), out_size=tuple(plane_size), context=context, dtype=dtype)
-    )
+    Attributes:
+        window: (lo, hi) HU window.
+        plane_size: (h, w) of the network plane (the minimum, when ``pixel_mm`` is set).
+        context: K slices as channels.
+        pixel_mm: in-plane mm per network pixel, or None to resize the whole plane to ``plane_size``.
+        slice_mm: mm between context slices, or None for neighbouring slices.
+        divisor: the plane must be a multiple of this (``2**depth`` of the network).
+        dtype: cache dtype, ``"float16"`` or ``"float32"``.
+    """
+
+    window: tuple[float, float]
+    plane_size: tuple[int, int]
+    context: int
+    pixel_mm: float | None = None
+    slice_mm: float | None = None
+    divisor: int = 32
+    dtype: str = "float16"
 
 
 @dataclass
 class PreparedCase:
-    """A case turned into network input once: ``x`` (D, K, h, w), ``y`` (D, h, w) at the plane size, and the
-    original labels for full-resolution validation."""
+    """A case turned into network input once: ``x`` (D, K, h, w), ``y`` (D, h, w) on the network plane, and the
+    original labels for full-resolution validation.
+
+    ``step``/``origin`` are the in-plane mapping used (what decoding the logits back needs), ``pixel_mm`` the (dy, dx)
+    size of a network pixel and ``slice_mm`` the distance between context channels, in mm (for synthetic tumors).
+    """
 
     name: str
     kind: str
@@ -321,18 +514,57 @@ class PreparedCase:
     labels: np.ndarray
     liver_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     tumor_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    weight: float = 1.0
+    step: tuple[float, float] | None = None
+    origin: tuple[float, float] | None = None
+    pixel_mm: tuple[float, float] = (1.0, 1.0)
+    slice_mm: float = 1.0
 
 
-def prepare_case(
-    case: Case, *, window: tuple[float, float], plane_size: tuple[int, int], context: int, dtype: str = "float16"
-) -> PreparedCase:
-    """Preprocess a whole case once (the same op as inference) and index its liver/tumor slices."""
-    x = preprocess_volume(case.hu, window=window, plane_size=plane_size, context=context, dtype=dtype)
-    y = resize_labels_nearest(case.labels, plane_size)
+def prepare_case(case: Case, sampling: Sampling | None = None, **fields_: Any) -> PreparedCase:
+    """Preprocess a whole case once (the op inference runs, with the same physical sampling) and index its
+    liver/tumor slices. A slice set is preprocessed slice by slice (each slice is its own context).
+
+    Args:
+        case: the loaded case.
+        sampling: how to preprocess; or give :class:`Sampling`'s fields as keywords instead.
+    """
+    from resunet_trt import kernels
+
+    if sampling is None:
+        sampling = Sampling(**fields_)
+    elif fields_:
+        raise TypeError("give either sampling or its fields as keywords, not both")
+
+    hu = case.hu
+    dz, dy, dx = case.spacing
+    if sampling.pixel_mm is not None:
+        mapping = kernels.plane_mapping(
+            hu.shape[1:], (dy, dx), sampling.pixel_mm, min_size=min(sampling.plane_size), divisor=sampling.divisor
+        )
+        out_size, step, origin = tuple(mapping.out_size), tuple(mapping.step), tuple(mapping.origin)
+    else:
+        out_size, step, origin = tuple(sampling.plane_size), None, None
+    slice_step = 1.0 if sampling.slice_mm is None or case.slice_set else sampling.slice_mm / dz
+    common = {"window": tuple(sampling.window), "out_size": out_size, "dtype": sampling.dtype}
+    if step is not None:
+        common.update(step=step, origin=origin)
+    if case.slice_set:
+        x = np.asarray(kernels.preprocess(hu, context=1, **common))
+        x = np.ascontiguousarray(np.repeat(x, sampling.context, axis=1))
+    else:
+        x = np.asarray(kernels.preprocess(hu, context=sampling.context, slice_step=slice_step, **common))
+    y = resize_labels_nearest(case.labels, out_size, step=step, origin=origin)  # type: ignore[arg-type]
     per_slice = case.labels.reshape(case.labels.shape[0], -1)
     liver = np.flatnonzero((per_slice >= 1).any(axis=1))
     tumor = np.flatnonzero((per_slice == 2).any(axis=1)) if case.kind == "full" else np.zeros(0, np.int64)
-    return PreparedCase(case.name, case.kind, x, y, case.labels, liver, tumor)
+    hh, ww = hu.shape[1:]
+    pix = (step[0] * dy, step[1] * dx) if step is not None else (dy * hh / out_size[0], dx * ww / out_size[1])
+    return PreparedCase(
+        case.name, case.kind, x, y, case.labels, liver, tumor, weight=case.weight, step=step, origin=origin,
+        pixel_mm=(float(pix[0]), float(pix[1])),
+        slice_mm=float(sampling.slice_mm if sampling.slice_mm is not None else dz),
+    )
 
 
 @dataclass(frozen=True)
@@ -385,7 +617,8 @@ def sample_slices(
     """The epoch's sample table: int64 (samples_per_epoch, 3) rows of (case index, slice index, augment seed).
 
     Liver and tumor slices are oversampled by drawing the configured shares from those pools (pooled over the
-    training cases; an empty pool falls back to the next broader one).
+    training cases; an empty pool falls back to the next broader one). Within a pool a slice is drawn with a
+    probability proportional to its case's ``weight``.
     """
     rng = np.random.default_rng(epoch_seed(seed, epoch))
     pools: dict[str, np.ndarray] = {}
@@ -403,7 +636,15 @@ def sample_slices(
         counts["liver"] += counts.pop("tumor")
     if len(pools["liver"]) == 0:
         counts["all"] += counts.pop("liver")
-    rows = [pools[k][rng.integers(0, len(pools[k]), size=c)] for k, c in counts.items() if c > 0]
+    weights = np.array([c.weight for c in cases], dtype=np.float64)
+
+    def draw(pool: np.ndarray, size: int) -> np.ndarray:
+        if np.all(weights == weights[0]):
+            return pool[rng.integers(0, len(pool), size=size)]
+        p = weights[pool[:, 0]]
+        return pool[rng.choice(len(pool), size=size, p=p / p.sum())]
+
+    rows = [draw(pools[k], c) for k, c in counts.items() if c > 0]
     table = np.concatenate(rows, 0)[rng.permutation(n)]
     aug = rng.integers(0, 2**62, size=(n, 1), dtype=np.int64)
     return np.concatenate([table.astype(np.int64), aug], 1)
@@ -439,6 +680,7 @@ __all__ = [
     "Case",
     "CaseSpec",
     "PreparedCase",
+    "Sampling",
     "SamplingConfig",
     "cache_key",
     "epoch_seed",
@@ -448,7 +690,6 @@ __all__ = [
     "load_case",
     "phantom_cases",
     "prepare_case",
-    "preprocess_volume",
     "read_case_list",
     "resize_labels_nearest",
     "sample_slices",

@@ -61,8 +61,9 @@ def segmentation_loss(
 
     Args:
         logits: (N, 3, h, w) float.
-        labels: (N, h, w) int64 in {0, 1, 2} ({0, 1} for liver-only samples).
-        liver_only: (N,) bool, True where the sample's labels do not annotate tumor.
+        labels: (N, h, w) int64 in {0, 1, 2}.
+        liver_only: (N,) bool, True where the sample's labels do not annotate real tumors: there 1 stands for
+            liver or tumor, and 2 (a synthetic tumor) for tumor.
         cfg: weights.
 
     Returns:
@@ -86,11 +87,15 @@ def segmentation_loss(
             ce_sum = ce_sum + (nll * w).sum()
             w_sum = w_sum + w.sum()
         if liver_only.any():
-            lab = labels[liver_only].clamp(max=1)
+            # Liver-only labels: 1 means "liver, maybe with an unannotated tumor", so a tumor prediction there
+            # is not punished (log P(liver or tumor)); a 2 is a known tumor (synthetic) and scores as one.
+            lab = labels[liver_only]
             lp = logp[liver_only]
             merged = torch.stack([lp[:, 0], torch.logsumexp(lp[:, 1:], dim=1)], 1)
-            nll = -merged.gather(1, lab[:, None])[:, 0]
-            w = weights[:2][lab]
+            nll_merged = -merged.gather(1, lab.clamp(max=1)[:, None])[:, 0]
+            nll_exact = -lp.gather(1, lab[:, None])[:, 0]
+            nll = torch.where(lab == 2, nll_exact, nll_merged)
+            w = weights[lab]
             ce_sum = ce_sum + (nll * w).sum()
             w_sum = w_sum + w.sum()
         ce = ce_sum / w_sum.clamp(min=1e-6)

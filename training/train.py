@@ -46,9 +46,11 @@ if __package__ in (None, ""):  # run as a script: make `training` (and, from a s
         sys.path.insert(1, str(_ROOT / "python"))
 
 from training.augment import AugmentConfig, augment_sample, random_crop
+from training.synthetic_tumors import TumorConfig, insert_tumors
 from training.data import (
     Case,
     PreparedCase,
+    Sampling,
     SamplingConfig,
     epoch_seed,
     find_cases,
@@ -220,11 +222,14 @@ class SliceDataset:
     """Map-style dataset over the current epoch's sample table: item i -> (image (K, h, w) float32 tensor,
     label (h, w) int64 tensor, liver_only bool). The table is set per epoch by :meth:`set_epoch`."""
 
-    def __init__(self, cases: list[PreparedCase], sampling: SamplingConfig, augment: AugmentConfig, seed: int):
+    def __init__(self, cases: list[PreparedCase], sampling: SamplingConfig, augment: AugmentConfig, seed: int,
+                 *, tumors: TumorConfig | None = None, window: tuple[float, float] = (-200.0, 250.0)):
         self.cases = cases
         self.sampling = sampling
         self.augment = augment
         self.seed = seed
+        self.tumors = tumors if tumors is not None and tumors.probability > 0 else None
+        self.window = window
         self.table = np.zeros((0, 3), np.int64)
 
     def set_epoch(self, epoch: int) -> None:
@@ -239,11 +244,36 @@ class SliceDataset:
         c, s, aug_seed = (int(v) for v in self.table[i])
         case = self.cases[c]
         rng = np.random.default_rng(aug_seed)
-        image, label = augment_sample(case.x[s], case.y[s], self.augment, rng)
+        image, label = case.x[s], case.y[s]
+        if self.tumors is not None and case.kind != "negative":
+            image, label = self._synthetic_tumors(case, image, label, rng)
+        image, label = augment_sample(image, label, self.augment, rng)
         if self.sampling.crop_size is not None:
             image, label = random_crop(image, label, self.sampling.crop_size, rng,
                                        foreground_prob=self.sampling.crop_foreground_prob)
         return torch.from_numpy(image), torch.from_numpy(label.astype(np.int64)), case.kind == "liver_only"
+
+
+    def _synthetic_tumors(self, case: PreparedCase, image: np.ndarray, label: np.ndarray,
+                          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Insert synthetic tumors into the liver of one (K, h, w) sample, in HU, before augmentation.
+
+        The K channels are slices ``slice_mm`` apart; the centre slice's liver mask (without its real tumors)
+        stands for all K, and the label gains class 2 where the centre slice got a tumor."""
+        assert self.tumors is not None  # noqa: S101 - checked by the caller
+        liver = label == 1
+        if not liver.any():
+            return image, label
+        lo, hi = self.window
+        hu = lo + np.asarray(image, np.float32) * (hi - lo)
+        k = hu.shape[0]
+        stack = np.ascontiguousarray(np.broadcast_to(liver, hu.shape))
+        new_hu, tumor = insert_tumors(hu, stack, (case.slice_mm, *case.pixel_mm), rng, self.tumors)
+        if not tumor.any():
+            return image, label
+        image = np.clip((new_hu - lo) / (hi - lo), 0.0, 1.0).astype(image.dtype)
+        label = np.where(tumor[k // 2], np.uint8(2), label).astype(label.dtype)
+        return image, label
 
 
 def _worker_init(_: int) -> None:
@@ -333,8 +363,9 @@ def predict_case(model: Any, case: PreparedCase, *, device: Any, batch_size: int
             xb = torch.from_numpy(np.asarray(case.x[start : start + batch_size], dtype=np.float32)).to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(xb)
+            mapping = {} if case.step is None else {"step": case.step, "origin": case.origin}
             out[start : start + len(xb)] = kernels.logits_to_labels(
-                np.ascontiguousarray(logits.float().cpu().numpy()), out_size=hw
+                np.ascontiguousarray(logits.float().cpu().numpy()), out_size=hw, **mapping
             )
     return out
 
@@ -522,9 +553,12 @@ def train(
     # ---- data: every file is checked before the first step
     t0 = time.perf_counter()
     train_cases, val_cases = _collect_cases(config)
-    prep = {"window": window, "plane_size": plane, "context": context, "dtype": config["data"]["cache_dtype"]}
-    train_prep = [prepare_case(c, **prep) for c in train_cases]
-    val_prep = [prepare_case(c, **prep) for c in val_cases]
+    pixel_mm = None if pcfg.get("pixel_mm") is None else float(pcfg["pixel_mm"])
+    slice_mm = None if pcfg.get("slice_mm") is None else float(pcfg["slice_mm"])
+    prep = Sampling(window=window, plane_size=plane, context=context, pixel_mm=pixel_mm, slice_mm=slice_mm,
+                    divisor=model_cfg.divisor, dtype=config["data"]["cache_dtype"])
+    train_prep = [prepare_case(c, prep) for c in train_cases]
+    val_prep = [prepare_case(c, prep) for c in val_cases]
     if bool(config["val"]["on_train_cases"]):  # an overfitting check: score the training cases themselves
         val_prep += [c for c in train_prep if not c.name.startswith("phantom-")]
     logger.info(
@@ -532,7 +566,8 @@ def train(
         len(train_prep), ", ".join(c.name for c in train_prep), len(val_prep),
         ", ".join(c.name for c in val_prep) or "none", time.perf_counter() - t0,
     )
-    dataset = SliceDataset(train_prep, sampling, augment, seed)
+    tumors = TumorConfig.from_dict(config.get("synthetic_tumors") or {"probability": 0.0})
+    dataset = SliceDataset(train_prep, sampling, augment, seed, tumors=tumors, window=window)
     per_rank = sampling.samples_per_epoch // dist_info.world_size
     steps_per_epoch = max(1, per_rank // batch_size)
     total_steps = steps_per_epoch * epochs
@@ -569,7 +604,8 @@ def train(
             model, device_ids=[dev.index] if dev_type == "cuda" else None
         )
 
-    metadata = ModelMetadata(plane_size=plane, context=context, window=window, model_config=model_cfg.to_dict())
+    metadata = ModelMetadata(plane_size=plane, context=context, window=window, model_config=model_cfg.to_dict(),
+                             pixel_mm=pixel_mm, slice_mm=slice_mm)
     summary_base = {
         "command": command or "",
         "config": json.loads(json.dumps(config)),
