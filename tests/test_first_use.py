@@ -127,19 +127,20 @@ def test_the_end_of_training_without_validation_says_nothing_chose_best(tmp_path
 
 _EXPORT_SCRIPT = r"""
 import logging, sys, warnings
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 warnings.simplefilter("default")
-from resunet_trt.export import export_model
+from resunet_trt.export import export_model, main
 from resunet_trt.metadata import ModelMetadata
-from resunet_trt.model import ResUNet, ResUNetConfig
+from resunet_trt.model import ResUNet, ResUNetConfig, save_checkpoint
 
+ckpt, out_dir, calib = sys.argv[1:4]
 cfg = ResUNetConfig(base_width=4, depth=2, max_width=8)
 meta = ModelMetadata(plane_size=(32, 32), context=3, model_config=cfg.to_dict())
+save_checkpoint(ckpt, ResUNet(cfg), meta)
 levels = {n: logging.getLogger(n).level for n in ("torch.onnx", "onnxscript", "onnx_ir")}
-export_model(ResUNet(cfg), meta, sys.argv[1])
+assert main([ckpt, "-o", out_dir, "--calib-data", calib]) == 0  # the CLI, as a user runs it
 filters = list(warnings.filters)  # after the first export: importing torch.onnx adds filters of its own
 logging.disable(logging.INFO)
-export_model(ResUNet(cfg), meta, sys.argv[1])
+export_model(ResUNet(cfg), meta, out_dir + "/again.onnx")
 logging.disable(logging.NOTSET)
 assert warnings.filters == filters, "warning filters changed for the caller"
 assert {n: logging.getLogger(n).level for n in levels} == levels, "logger levels changed for the caller"
@@ -147,18 +148,36 @@ logging.getLogger("onnxscript").info("the caller's own onnxscript logging still 
 """
 
 
-def test_export_logs_only_its_own_lines(tmp_path):
+def test_export_cli_prints_its_own_lines_only(tmp_path):
     import subprocess
     import sys
 
-    out = tmp_path / "m.onnx"
-    proc = subprocess.run([sys.executable, "-c", _EXPORT_SCRIPT, str(out)], capture_output=True, text=True,
-                          timeout=300, check=False)
+    out = tmp_path / "out"
+    # lits_small64 has 33 slices: calibration batches of 8 would leave a short last batch
+    proc = subprocess.run([sys.executable, "-c", _EXPORT_SCRIPT, str(tmp_path / "m.pt"), str(out),
+                           str(DATA / "lits_small64")], capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr
-    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-    assert out.is_file()
-    assert lines == [f"INFO resunet_trt.export: exported fp32 ONNX (opset 18) to {out}",
-                     "INFO onnxscript: the caller's own onnxscript logging still shows"], lines
+    assert proc.stdout.splitlines() == [f"fp32: {out / 'model.onnx'}", f"fp16: {out / 'model.fp16.onnx'}",
+                                        f"int8: {out / 'model.int8.onnx'}"]
+    assert proc.stderr.splitlines() == [
+        f"INFO resunet_trt.export: exported fp32 ONNX (opset 18) to {out / 'model.onnx'}",
+        f"INFO resunet_trt.export: wrote fp16 ONNX to {out / 'model.fp16.onnx'}",
+        f"INFO resunet_trt.export: wrote int8 Q/DQ ONNX to {out / 'model.int8.onnx'} (percentile calibration on "
+        "33 slices)",
+        "INFO onnxscript: the caller's own onnxscript logging still shows",
+    ], proc.stderr
+
+
+def test_equal_batches_keep_every_slice_in_order():
+    from resunet_trt.export import equal_batches
+
+    slices = np.arange(33, dtype=np.float32)[:, None, None, None] * np.ones((1, 3, 2, 2), np.float32)
+    uneven = [slices[i : i + 8] for i in range(0, 33, 8)]  # 8, 8, 8, 8, 1
+    even = equal_batches(uneven, 8)
+    assert {len(b) for b in even} == {3}  # 33 = 11 x 3, the largest divisor <= 8
+    np.testing.assert_array_equal(np.concatenate(even), slices)
+    assert {len(b) for b in equal_batches([slices[:32]], 8)} == {8}
+    assert {len(b) for b in equal_batches([slices[:31]], 8)} == {1}  # a prime count: one slice at a time
 
 
 # ---- item 13: the overlay says what it shows -----------------------------------------------------------------
