@@ -26,6 +26,9 @@ Decisions worth knowing:
   modalities other than CT are refused with the reason. The on-disk layout of a DICOM series is taken as the
   usual NIfTI conversion's (i = column, j = row, k = slice in ascending normal position, LPS turned into RAS), so
   a mask saved for a DICOM input matches the NIfTI that dcm2niix or 3D Slicer would make of that series.
+  Multi-frame images (Enhanced or Legacy Converted Enhanced CT) are refused by name: convert them first. The
+  volume's ``meta`` keeps, per slice in that k order, the file, SOPInstanceUID and ImagePositionPatient (and the
+  study, series and frame of reference UIDs), which :mod:`resunet_trt.dicom_seg` needs to write a DICOM-SEG.
 * ``.nii.gz`` is read and written through ISA-L's igzip when the ``isal`` package is installed, otherwise
   through nibabel's own gzip (zlib). On a shared 2-core machine, for a 512 x 512 x 400 int16 phantom (112 MB
   compressed), :func:`load_ct` took 1.4 s with igzip against 3.1 s with zlib, and :func:`save_mask` 0.07 s
