@@ -228,6 +228,11 @@ def export_model(
     h, w = metadata.plane_size
     # Batch 2 for tracing: torch.export specialises sizes 0 and 1, a dynamic dimension needs another example.
     example = torch.zeros(2, metadata.context, h, w, dtype=torch.float32)
+    from .model import ResUNet, fold_batchnorm
+
+    if isinstance(model, ResUNet):
+        # conv-BN pairs become one convolution with a bias: INT8 Q/DQ then sees conv(+bias)-ReLU, which fuses.
+        model = fold_batchnorm(model)
     was_training = model.training
     model.eval()
     try:
@@ -239,6 +244,12 @@ def export_model(
                 f"{metadata.plane_size=}, got {tuple(out.shape)}"
             )
         batch = torch.export.Dim(BATCH_DIM_NAME, min=1, max=4096)
+        dynamic: dict[int, Any] = {0: batch}
+        if metadata.pixel_mm is not None:
+            # Physical sampling: the plane grows with the field of view, in steps of the network's divisor.
+            divisor = _plane_divisor(model, h, w)
+            dynamic[2] = torch.export.Dim("plane_h_blocks", min=1, max=4096 // divisor) * divisor
+            dynamic[3] = torch.export.Dim("plane_w_blocks", min=1, max=4096 // divisor) * divisor
         with quiet_exporter():
             program = torch.onnx.export(
                 model,
@@ -247,7 +258,7 @@ def export_model(
                 dynamo=True,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=(dynamic,),
                 opset_version=opset,
                 optimize=True,
                 verbose=False,
@@ -275,6 +286,19 @@ def export_model(
     _save_onnx(proto, output)
     logger.info("exported fp32 ONNX (opset %d) to %s", opset, output)
     return output
+
+
+def _plane_divisor(model: Any, h: int, w: int) -> int:
+    """The multiple that a dynamic plane size must keep: ``2**depth`` for a ResUNet, else the largest power of two
+    dividing the example plane."""
+    config = getattr(model, "config", None)
+    divisor = getattr(config, "divisor", None)
+    if isinstance(divisor, int) and divisor > 0:
+        return divisor
+    d = 1
+    while h % (2 * d) == 0 and w % (2 * d) == 0 and d < 256:
+        d *= 2
+    return d
 
 
 def _drop_node_metadata(model: onnx.ModelProto) -> None:
