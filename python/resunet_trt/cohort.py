@@ -341,14 +341,14 @@ class CohortWorker:
             backend=self.segmenter.backend.name,
             worker=self.name,
             model_sha256=self.model_sha256,
-            input_sha256=loaded.get("input_sha256", ""),
-            series_uid=loaded.get("series_uid", ""),
+            input_sha256=loaded.get("input_sha256") or None,  # None, not "": a CSV cell cannot tell them apart
+            series_uid=loaded.get("series_uid") or None,
         )
         try:
             if "error" in loaded:
                 raise ValueError(loaded["error"])
-            _exit_if_asked(row["input"])
             result = self.segmenter.segment(loaded["volume"])
+            _exit_if_asked(row["input"])
             result.timings["read"] = float(loaded["read_s"])
             result.timings["total"] += result.timings["read"]
             outputs = self.segmenter.write_outputs(
@@ -379,7 +379,8 @@ class CohortWorker:
 
 
 #: Fault injection for tests of worker loss: ``"<text>|<marker file>"`` makes a worker exit abruptly (as if
-#: killed) when it starts a case whose input path contains ``<text>``, once: the marker file records that it did.
+#: killed) once it has segmented a case whose input path contains ``<text>``, before writing anything; once: the
+#: marker file records that it did.
 EXIT_ONCE_ENV = "RESUNET_COHORT_EXIT_ONCE"
 
 
@@ -389,6 +390,7 @@ def _exit_if_asked(input_path: str) -> None:
     if text and marker and text in input_path and not os.path.exists(marker):
         Path(marker).touch()
         logger.warning("%s=%r: this worker exits now, on %s", EXIT_ONCE_ENV, spec, input_path)
+        time.sleep(0.5)  # as a real crash would, long after the previous case's reply went out
         os._exit(1)
 
 
