@@ -7,7 +7,11 @@ One process on CPU or one GPU, or several through ``torchrun`` (DDP; gloo on CPU
     python training/train.py --run-dir runs/lits --resume            # continue exactly where it stopped
     python training/train.py ... --override optim.epochs=50 --override optim.lr=3e-3
 
-What a run leaves in its folder (rank 0 only): ``config.yaml`` (the full configuration used), ``metrics.jsonl``
+Defaults live in ``training/configs/default.yaml`` (used when there is no ``--config``); a ``--config`` file and
+``--override`` change only the keys they name.
+
+What a run leaves in its folder (rank 0 only): ``config.yaml`` (the full configuration used, augmentation and loss
+values included), ``command.txt`` (the command line of the start and of every resume), ``metrics.jsonl``
 (one JSON object per epoch: losses, learning rate, validation metrics), ``best.pt`` and ``last.pt`` (inference
 checkpoints written by :func:`resunet_trt.model.save_checkpoint`: weights, model config, preprocessing, class
 names, training summary, metrics; they load with ``torch.load(weights_only=True)``) and ``resume.pt`` (optimizer,
