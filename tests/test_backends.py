@@ -53,8 +53,8 @@ def test_available_backends_are_installed_and_ordered():
     import importlib.util
 
     names = B.available_backends()
-    assert names == [n for n in ("tensorrt", "onnxruntime", "torch") if n in names]
-    for n in ("onnxruntime", "torch"):
+    assert names == [n for n in ("tensorrt", "openvino", "onnxruntime", "torch") if n in names]
+    for n in ("openvino", "onnxruntime", "torch"):
         assert (n in names) == (importlib.util.find_spec(n) is not None)
     try:
         import tensorrt
@@ -78,9 +78,12 @@ def test_parse_device_rejects(device):
 
 
 def test_open_backend_picks_by_file_type(onnx_fp32, trained_checkpoint):
+    onnx_cpu = "openvino" if "openvino" in B.available_backends() else "onnxruntime"
     with B.open_backend(onnx_fp32, device="cpu") as b:
-        assert (b.name, b.device, b.metadata.precision) == ("onnxruntime", "cpu", "fp32")
+        assert (b.name, b.device, b.metadata.precision) == (onnx_cpu, "cpu", "fp32")
         assert b.input_dtype == np.float32
+    with B.open_backend(onnx_fp32, backend="onnxruntime", device="cpu") as b:
+        assert b.name == "onnxruntime"
     with B.open_backend(trained_checkpoint, device="cpu") as b:
         assert (b.name, b.device) == ("torch", "cpu")
 
@@ -92,7 +95,14 @@ def test_open_backend_mismatched_backend(onnx_fp32):
 
 def test_open_backend_unknown_backend(onnx_fp32):
     with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
-        B.open_backend(onnx_fp32, backend="openvino")
+        B.open_backend(onnx_fp32, backend="openvino-gpu")
+
+
+def test_openvino_only_runs_onnx_on_the_cpu(onnx_fp32, trained_checkpoint):
+    with pytest.raises(ValueError, match="is a torch model file; it cannot run on backend='openvino'"):
+        B.open_backend(trained_checkpoint, backend="openvino")
+    with pytest.raises(ValueError, match="the openvino backend runs on the CPU"):
+        B.open_backend(onnx_fp32, backend="openvino", device="cuda:0")
 
 
 def test_open_backend_missing_file(tmp_path):
@@ -152,23 +162,73 @@ def test_default_model_path_missing(tmp_path, monkeypatch):
         B.default_model_path("int8")
 
 
-def test_open_default_on_cpu_prefers_fp32_onnx(
+def test_open_default_on_cpu_follows_the_cpu_order(
     tmp_path, monkeypatch, caplog, onnx_fp32, onnx_int8, trained_checkpoint
 ):
     for src, kind in ((onnx_fp32, "onnx"), (onnx_int8, "int8"), (trained_checkpoint, "pt")):
         shutil.copy(src, tmp_path / B.DEFAULT_MODEL_FILES[kind])
     monkeypatch.setattr(B, "DEFAULT_MODEL_DIR", tmp_path)
+    monkeypatch.setenv("RESUNET_TRT_OPENVINO_CACHE", str(tmp_path / "cache"))
+    first = B.CPU_ORDER[0] if "openvino" in B.available_backends() else ("onnxruntime", "onnx")
     with (
         caplog.at_level(logging.INFO, logger="resunet_trt.backends"),
         B.open_backend(None, device="cpu") as b,
     ):
+        assert (b.name, b.precision) == (first[0], {"int8": "int8", "onnx": "fp32"}[first[1]])
+    assert f"{B.DEFAULT_MODEL_FILES[first[1]]} on backend {first[0]}" in caplog.text
+    # On ONNX Runtime the fp32 file comes before the INT8 one (INT8 is not faster there), then INT8.
+    with B.open_backend(None, backend="onnxruntime", device="cpu") as b:
         assert (b.name, b.metadata.precision) == ("onnxruntime", "fp32")
-    assert "resunet_default.onnx on backend onnxruntime" in caplog.text
     (tmp_path / B.DEFAULT_MODEL_FILES["onnx"]).unlink()
-    with B.open_backend(None, device="cpu") as b:
+    with B.open_backend(None, backend="onnxruntime", device="cpu") as b:
         assert (b.name, b.metadata.precision) == ("onnxruntime", "int8")
     with B.open_backend(None, backend="torch", device="cpu") as b:
         assert b.name == "torch"
+
+
+def test_cpu_order_puts_openvino_int8_first_and_ort_fp32_before_ort_int8():
+    order = list(B.CPU_ORDER)
+    assert order[0] == ("openvino", "int8")
+    assert order.index(("onnxruntime", "onnx")) < order.index(("onnxruntime", "int8"))
+    assert order[-1] == ("torch", "pt")
+
+
+def test_show_config_prints_the_cpu_order():
+    import io
+
+    from resunet_trt.config import show_config
+
+    buf = io.StringIO()
+    info = show_config(file=buf)
+    names = [f"{n} {B.DEFAULT_MODEL_FILES[k]}" for n, k in B.CPU_ORDER]
+    assert list(info["cpu_backend_order"]) == names
+    text = buf.getvalue()
+    assert [text.index(n) for n in names] == sorted(text.index(n) for n in names)
+
+
+@pytest.mark.parametrize(
+    "precision, expected",
+    [("int8", ("int8",)), ("fp32", ("fp32",)), ("bf16", ("bf16", "fp32"))],
+)
+def test_open_default_with_precision(tmp_path, monkeypatch, onnx_fp32, onnx_int8, precision, expected):
+    pytest.importorskip("openvino")
+    for src, kind in ((onnx_fp32, "onnx"), (onnx_int8, "int8")):
+        shutil.copy(src, tmp_path / B.DEFAULT_MODEL_FILES[kind])
+    monkeypatch.setattr(B, "DEFAULT_MODEL_DIR", tmp_path)
+    monkeypatch.setenv("RESUNET_TRT_OPENVINO_CACHE", str(tmp_path / "cache"))
+    with B.open_backend(None, device="cpu", precision=precision) as b:
+        assert b.name == "openvino" and b.precision in expected
+
+
+def test_precision_a_backend_cannot_give_is_refused(onnx_fp32, onnx_int8, trained_checkpoint):
+    with pytest.raises(ValueError, match="runs in fp32 on onnxruntime .bf16 runs on the openvino backend"):
+        B.open_backend(onnx_fp32, backend="onnxruntime", device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="precision='int8' asked for, but .* runs in fp32 on torch"):
+        B.open_backend(trained_checkpoint, device="cpu", precision="int8")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        B.open_backend(onnx_fp32, device="cpu", precision="fp8")
+    with pytest.raises(ValueError, match="threads must be an int >= 1"):
+        B.open_backend(onnx_fp32, device="cpu", threads=0)
 
 
 def test_open_default_falls_back_to_checkpoint(tmp_path, monkeypatch, trained_checkpoint):
@@ -192,22 +252,33 @@ def test_open_default_tensorrt_is_never_bundled():
 # -- inference ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["onnx", "pt"])
+CPU_KINDS = ["onnxruntime", "openvino", "pt"]
+
+
+def _open_kind(kind, onnx_fp32, trained_checkpoint, **kw):
+    if kind == "pt":
+        return B.open_backend(trained_checkpoint, device="cpu", **kw)
+    if kind == "openvino":
+        pytest.importorskip("openvino")
+        kw.setdefault("precision", "fp32")
+    return B.open_backend(onnx_fp32, backend=kind, device="cpu", **kw)
+
+
+@pytest.mark.parametrize("kind", CPU_KINDS)
 def test_cpu_backends_match_pytorch(kind, onnx_fp32, trained_checkpoint, slices):
     ref = _torch_reference(trained_checkpoint, slices)
-    path = onnx_fp32 if kind == "onnx" else trained_checkpoint
-    with B.open_backend(path, device="cpu") as b:
+    with _open_kind(kind, onnx_fp32, trained_checkpoint, threads=1) as b:
         out = b.infer(slices)
+    assert b.name == ("torch" if kind == "pt" else kind)
     assert isinstance(out, np.ndarray) and out.shape == (8, 3, 128, 128) and out.dtype == np.float32
     assert np.abs(out - ref).max() <= 1e-4
 
 
-@pytest.mark.parametrize("kind", ["onnx", "pt"])
+@pytest.mark.parametrize("kind", CPU_KINDS)
 def test_float16_input_is_accepted(kind, onnx_fp32, trained_checkpoint, slices):
-    path = onnx_fp32 if kind == "onnx" else trained_checkpoint
     x16 = slices.astype(np.float16)
     ref = _torch_reference(trained_checkpoint, x16.astype(np.float32))
-    with B.open_backend(path, device="cpu") as b:
+    with _open_kind(kind, onnx_fp32, trained_checkpoint) as b:
         out = b.infer(x16)
     assert np.abs(out - ref).max() <= 1e-4
 
@@ -221,36 +292,39 @@ def test_float16_input_is_accepted(kind, onnx_fp32, trained_checkpoint, slices):
         ((0, 3, 128, 128), "N >= 1"),
     ],
 )
-@pytest.mark.parametrize("kind", ["onnx", "pt"])
+@pytest.mark.parametrize("kind", CPU_KINDS)
 def test_infer_rejects_bad_shape(kind, onnx_fp32, trained_checkpoint, shape, message):
-    path = onnx_fp32 if kind == "onnx" else trained_checkpoint
-    with B.open_backend(path, device="cpu") as b, pytest.raises(ValueError, match=message):
+    with _open_kind(kind, onnx_fp32, trained_checkpoint) as b, pytest.raises(ValueError, match=message):
         b.infer(np.zeros(shape, np.float32))
 
 
-@pytest.mark.parametrize("kind", ["onnx", "pt"])
+@pytest.mark.parametrize("kind", CPU_KINDS)
 def test_infer_rejects_integer_input(kind, onnx_fp32, trained_checkpoint):
-    path = onnx_fp32 if kind == "onnx" else trained_checkpoint
-    with B.open_backend(path, device="cpu") as b:
+    with _open_kind(kind, onnx_fp32, trained_checkpoint) as b:
         with pytest.raises(TypeError, match="float16 or float32"):
             b.infer(np.zeros((1, 3, 128, 128), np.int16))
         with pytest.raises(TypeError, match="numpy array or a CUDA array"):
             b.infer([[0.0]])
 
 
-@pytest.mark.parametrize("kind", ["onnx", "pt"])
+@pytest.mark.parametrize("kind", CPU_KINDS)
 def test_closed_backend_refuses_work(kind, onnx_fp32, trained_checkpoint, slices):
-    path = onnx_fp32 if kind == "onnx" else trained_checkpoint
-    with B.open_backend(path, device="cpu") as b:
+    with _open_kind(kind, onnx_fp32, trained_checkpoint) as b:
         pass
     with pytest.raises(RuntimeError, match="closed"):
         b.infer(slices)
     b.close()  # twice is fine
 
 
-def test_int8_backend_labels_close_to_fp32(onnx_fp32, onnx_int8, eval_inputs):
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_int8_backend_labels_close_to_fp32(runtime, onnx_fp32, onnx_int8, eval_inputs):
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
     x = eval_inputs[30:100]
-    with B.open_backend(onnx_fp32, device="cpu") as b32, B.open_backend(onnx_int8, device="cpu") as b8:
+    with (
+        B.open_backend(onnx_fp32, backend="onnxruntime", device="cpu") as b32,
+        B.open_backend(onnx_int8, backend=runtime, device="cpu") as b8,
+    ):
         agree = (b32.infer(x).argmax(1) == b8.infer(x).argmax(1)).mean()
     assert agree >= 0.98
 
