@@ -40,6 +40,9 @@ LIVER_RGB = np.array([60, 220, 80], dtype=np.float32)
 TUMOR_RGB = np.array([255, 60, 60], dtype=np.float32)
 REAL_RGB = np.array([255, 220, 0], dtype=np.float32)
 
+Tiles = list[tuple[np.ndarray, np.ndarray]]
+Page = tuple[Tiles, list[str]]
+
 
 def _contour(mask: np.ndarray) -> np.ndarray:
     """Boundary pixels of a 2-D mask (the mask minus its 4-neighbour erosion)."""
@@ -88,7 +91,7 @@ def _tile(hu: np.ndarray, liver: np.ndarray, tumor: np.ndarray, pixel_mm: tuple[
     return plain.astype(np.uint8), marked.astype(np.uint8)
 
 
-def _grid(tiles: list[tuple[np.ndarray, np.ndarray]], titles: list[str], per_row: int = 4) -> bytes:
+def _grid(tiles: Tiles, titles: list[str], per_row: int = 4) -> bytes:
     """PNG bytes: pairs (plain above contoured), ``per_row`` pairs a row, a title over each pair."""
     from PIL import Image, ImageDraw
 
@@ -104,9 +107,15 @@ def _grid(tiles: list[tuple[np.ndarray, np.ndarray]], titles: list[str], per_row
         draw.text((x + 2, y + 1), title, fill=(255, 255, 0))
         canvas.paste(Image.fromarray(plain), (x, y + head))
         canvas.paste(Image.fromarray(marked), (x, y + head + TILE))
+    # A fixed palette: 128 grey levels and the exact contour and text colours (an adaptive one drifts the few
+    # contour pixels towards other colours). Half the grey levels keep the PNGs small enough for the docs.
+    colours = [(v, v, v) for v in np.linspace(0, 255, 128).round().astype(int)]
+    colours += [tuple(int(c) for c in rgb) for rgb in (LIVER_RGB, TUMOR_RGB, REAL_RGB)] + [(255, 255, 0)]
+    palette = Image.new("P", (1, 1))
+    flat = [c for rgb in colours for c in rgb]
+    palette.putpalette(flat + flat[-3:] * (256 - len(colours)))
     buf = io.BytesIO()
-    # 128 colours: CT grey levels and the contour colours, small enough for the docs.
-    canvas.convert("P", palette=Image.Palette.ADAPTIVE, colors=128).save(buf, format="PNG", optimize=True)
+    canvas.quantize(palette=palette, dither=Image.Dither.NONE).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -138,22 +147,24 @@ def _lesion_slices(result, n: int) -> list[int]:
     return picked
 
 
-def real_lits117(n: int = 6) -> tuple[list, list]:
+def real_lits117(n: int = 6) -> Page:
     ct = rio.load_ct(ROOT / "tests/data/lits117_roi128/ct.nii.gz")
     lab = rio.load_label(ROOT / "tests/data/lits117_roi128/label.nii.gz", ct)
-    tiles, titles = [], []
+    tiles: Tiles = []
+    titles: list[str] = []
     for d in _largest_slices(lab == 2, n, min_gap=10):
         tiles.append(_tile(ct.hu[d], lab[d] == 1, lab[d] == 2, LITS117_SPACING[1:]))
         titles.append(f"real, lits117 slice {d}")
     return tiles, titles
 
 
-def synthetic_lits117(rng: np.random.Generator, config: TumorConfig, n: int = 6) -> tuple[list, list]:
+def synthetic_lits117(rng: np.random.Generator, config: TumorConfig, n: int = 6) -> Page:
     ct = rio.load_ct(ROOT / "tests/data/lits117_roi128/ct.nii.gz")
     lab = rio.load_label(ROOT / "tests/data/lits117_roi128/label.nii.gz", ct)
     liver = lab == 1
     res = synthesize_tumors(ct.hu, liver, LITS117_SPACING, rng, config)
-    tiles, titles = [], []
+    tiles: Tiles = []
+    titles: list[str] = []
     for d in _lesion_slices(res, n):
         # Synthetic tumors in red, the case's real ones in yellow.
         tiles.append(_tile(res.hu[d], lab[d] >= 1, res.mask[d], LITS117_SPACING[1:], other=lab[d] == 2))
@@ -161,10 +172,11 @@ def synthetic_lits117(rng: np.random.Generator, config: TumorConfig, n: int = 6)
     return tiles, titles
 
 
-def synthetic_totalseg(rng: np.random.Generator, config: TumorConfig, n: int = 6) -> tuple[list, list]:
+def synthetic_totalseg(rng: np.random.Generator, config: TumorConfig, n: int = 6) -> Page:
     ct = rio.load_ct(ROOT / "tests/data/totalseg_abdomen3mm/ct.nii.gz")
     liver = rio.load_label(ROOT / "tests/data/totalseg_abdomen3mm/liver_pseudolabel.nii.gz", ct) == 1
-    tiles, titles = [], []
+    tiles: Tiles = []
+    titles: list[str] = []
     for _ in range(10):
         res = synthesize_tumors(ct.hu, liver, ct.spacing, rng, config)
         for d in _lesion_slices(res, 2):
@@ -174,13 +186,14 @@ def synthetic_totalseg(rng: np.random.Generator, config: TumorConfig, n: int = 6
     return tiles, titles
 
 
-def synthetic_stacks(rng: np.random.Generator, config: TumorConfig, n: int = 4) -> tuple[list, list]:
+def synthetic_stacks(rng: np.random.Generator, config: TumorConfig, n: int = 4) -> Page:
     """2.5D training samples: 3 slices of 256x256 at 1.5 mm, 5 mm apart, as the training sampler cuts them."""
     from PIL import Image
 
     ct = rio.load_ct(ROOT / "tests/data/lits117_roi128/ct.nii.gz")
     lab = rio.load_label(ROOT / "tests/data/lits117_roi128/label.nii.gz", ct)
-    tiles, titles = [], []
+    tiles: Tiles = []
+    titles: list[str] = []
     tries = 0
     while len(tiles) < 3 * n and tries < 50:
         tries += 1
@@ -199,12 +212,13 @@ def synthetic_stacks(rng: np.random.Generator, config: TumorConfig, n: int = 4) 
     return tiles, titles
 
 
-def synthetic_msd(folder: Path, rng: np.random.Generator, config: TumorConfig, n: int = 6) -> tuple[list, list]:
+def synthetic_msd(folder: Path, rng: np.random.Generator, config: TumorConfig, n: int = 6) -> Page:
     """MSD Task03 JPEG slices: pixel = HU clipped to 0..255, so the window here is 0..255 HU."""
     from PIL import Image
 
     names = sorted(p.name for p in (folder / "images").glob("*.jpg"))
-    tiles, titles = [], []
+    tiles: Tiles = []
+    titles: list[str] = []
     for name in rng.permutation(names):
         if len(tiles) == n:
             break
@@ -236,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         "tumors_real_lits117.png": real_lits117(),
         "tumors_synthetic_lits117.png": synthetic_lits117(rng, TumorConfig(probability=1.0, count=(6, 8))),
         "tumors_synthetic_totalseg.png": synthetic_totalseg(rng, config),
-        "tumors_synthetic_stack.png": synthetic_stacks(rng, TumorConfig(probability=1.0, count=(1, 3)), n=2),
+        "tumors_synthetic_stack.png": synthetic_stacks(
+            rng, TumorConfig(probability=1.0, count=(1, 3), diameter_mm=(10.0, 50.0)), n=2
+        ),
     }
     if args.msd is not None:
         pages["tumors_synthetic_msd.png"] = synthetic_msd(args.msd, rng, TumorConfig(probability=1.0, count=(1, 3)))

@@ -91,9 +91,9 @@ class TumorConfig:
     texture_scale_mm: tuple[float, float] = (1.0, 4.0)
     irregularity: float = 0.12
     elongation: float = 0.25
-    edge_blur_mm: tuple[float, float] = (0.8, 2.0)
-    rim_probability: float = 0.25
-    rim_hu: tuple[float, float] = (0.0, 40.0)
+    edge_blur_mm: tuple[float, float] = (1.0, 2.5)
+    rim_probability: float = 0.2
+    rim_hu: tuple[float, float] = (-10.0, 25.0)
     rim_width_mm: float = 2.5
     rim_min_diameter_mm: float = 10.0
     necrosis_probability: float = 0.5
@@ -481,10 +481,13 @@ def _place_one(
 def _mass_effect(out: np.ndarray, shp: _Shape, centre: np.ndarray, free: np.ndarray, strength: float) -> None:
     """Push the liver around the lesion outwards, in the plane of each slice (in place on ``out``).
 
-    A voxel at normalised radius rn shows the tissue that was at rn * q(rn), q = 1 - s for rn <= 1 and
-    q = 1 - s * exp(-2 (rn - 1)) beyond (monotone, so tissue is compressed, never folded). Only voxels in ``free``
-    (liver, not an earlier lesion) are written, and only from sources whose four neighbours are all in ``free``,
-    so no fat or earlier lesion is pulled into the liver; vessels move with the liver around them.
+    A voxel outside the lesion, at normalised radius rn >= 1, shows the tissue that was at rn * q(rn),
+    q = 1 - s * exp(-2 (rn - 1)): the map's slope is above 1 everywhere, so tissue is compressed, never folded
+    and no pixel is repeated. Inside, the CT stays as it was (only its noise shows through the lesion's
+    intensity; magnifying it would repeat pixels and thin out the noise). Only voxels in ``free``
+    (liver, not an earlier lesion) are written, and only from sources in ``free``, so no fat or earlier lesion
+    is pulled into the liver; vessels move with the liver around them. The source is the nearest pixel:
+    interpolating would smooth the CT noise around every lesion, a cue no real tumor has.
     """
     rn = shp.rn
     q = 1.0 - strength * np.exp(-2.0 * np.maximum(rn - 1.0, 0.0))
@@ -493,22 +496,13 @@ def _mass_effect(out: np.ndarray, shp: _Shape, centre: np.ndarray, free: np.ndar
     h0, w0 = box[1].start, box[2].start
     rows = np.arange(h0, h0 + bh, dtype=np.float32)[None, :, None]
     cols = np.arange(w0, w0 + bw, dtype=np.float32)[None, None, :]
-    src_r = np.float32(centre[1]) + (rows - np.float32(centre[1])) * q - h0
-    src_c = np.float32(centre[2]) + (cols - np.float32(centre[2])) * q - w0
-    r0 = np.floor(src_r).astype(np.intp)
-    c0 = np.floor(src_c).astype(np.intp)
-    fr = (src_r - r0).astype(np.float32)
-    fc = (src_c - c0).astype(np.float32)
-    valid = free & (r0 >= 0) & (c0 >= 0) & (r0 + 1 < bh) & (c0 + 1 < bw) & (q < 0.999)
-    r0 = np.clip(r0, 0, bh - 2)
-    c0 = np.clip(c0, 0, bw - 2)
+    src_r = np.rint(np.float32(centre[1]) + (rows - np.float32(centre[1])) * q - h0).astype(np.intp)
+    src_c = np.rint(np.float32(centre[2]) + (cols - np.float32(centre[2])) * q - w0).astype(np.intp)
+    valid = free & (rn >= 1.0) & (src_r >= 0) & (src_c >= 0) & (src_r < bh) & (src_c < bw)
+    src_r = np.clip(src_r, 0, bh - 1)
+    src_c = np.clip(src_c, 0, bw - 1)
     dd = np.broadcast_to(np.arange(bd)[:, None, None], rn.shape)
+    valid &= free[dd, src_r, src_c]
     region = out[box]
-    for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        valid &= free[dd, r0 + dr, c0 + dc]
-    v00 = region[dd, r0, c0]
-    v01 = region[dd, r0, c0 + 1]
-    v10 = region[dd, r0 + 1, c0]
-    v11 = region[dd, r0 + 1, c0 + 1]
-    warped = (v00 * (1 - fc) + v01 * fc) * (1 - fr) + (v10 * (1 - fc) + v11 * fc) * fr
+    warped = region[dd, src_r, src_c]
     region[valid] = warped[valid]
