@@ -330,12 +330,19 @@ def test_vessels_are_avoided():
 
 def test_mass_effect_moves_liver_only_near_the_lesion(totalseg):
     hu, liver, spacing = totalseg
-    cfg = TumorConfig(count=(1, 1), diameter_mm=(30.0, 30.0), mass_effect_strength=0.2, **ALWAYS)
-    out, mask = insert_tumors(hu, liver, spacing, np.random.default_rng(4), cfg)
-    changed = (out != hu) & ~mask
-    assert changed.any() and not (changed & ~liver).any()
-    away_mm = ndi.distance_transform_edt(~mask, sampling=spacing)
-    assert away_mm[changed].max() <= 2.0 * 30.0 * 1.5
+    diameter = 30.0
+    base = dict(count=(1, 1), diameter_mm=(diameter, diameter), edge_blur_mm=(1.0, 1.0), **ALWAYS)
+    pushed, mask = insert_tumors(hu, liver, spacing, np.random.default_rng(4),
+                                 TumorConfig(mass_effect_strength=0.2, **base))
+    still, mask_still = insert_tumors(hu, liver, spacing, np.random.default_rng(4),
+                                      TumorConfig(mass_effect=False, **base))
+    away_mm = ndi.distance_transform_edt(~(mask | mask_still), sampling=spacing)
+    moved = pushed != still
+    assert not (moved & ~liver).any()
+    # Beyond the soft edge (sigma 1 mm) only the warp can change the liver: it must, and only within two
+    # reaches of the lesion (1.7 radii each).
+    assert (moved & (away_mm > 6.0)).sum() > 20
+    assert away_mm[moved].max() <= 2 * 1.7 * diameter / 2 + 2 * max(spacing)
 
 
 # --- arguments -------------------------------------------------------------------------------------------------------
