@@ -4,7 +4,8 @@ The same cases (the real CT of tests/data, each copied ``--copies`` times into i
 the same outputs (mask, report; a DICOM-SEG for the DICOM series) go through both paths, alternately,
 ``--repeats`` times. Each timing includes loading the model once (the loop's Segmenter, the Ray worker) and
 writing every output; the Ray instance is started once beforehand and its start is reported on its own. The Ray
-overhead per case is (median Ray time - median loop time) / cases. Both paths must write the same masks.
+overhead per case is (median Ray time - median loop time) / cases, and again without the one-off starts (model
+load; Ray worker process start). Both paths write the same masks (checked; same inference threads).
 
 Examples::
 
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray instance")
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--cpus-per-worker", type=float, default=None)
+    parser.add_argument(
+        "--cpus-per-worker", type=int, default=None, help="default: all CPUs (one worker, as many threads as the loop)"
+    )
     parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/cohort_<device>.json)")
     args = parser.parse_args(argv)
 
@@ -80,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     ray_init_s = time.perf_counter() - t0
+    threads = args.cpus_per_worker or args.num_cpus
     seg_kwargs = {"model": args.model, "device": args.device, "backend": args.backend}
+    startup_s: list[float] = []
+    load_s: list[float] = []
     loop_s: list[float] = []
     ray_s: list[float] = []
     workers = None
@@ -95,9 +101,15 @@ def main(argv: list[str] | None = None) -> int:
                 out = root / f"{path}_{r}"
                 t = time.perf_counter()
                 if path == "loop":
-                    with Segmenter(**seg_kwargs) as seg:
+                    # The same inference threads as a Ray worker: CPU backends are not bit-identical across
+                    # thread counts, and the masks of the two paths are compared.
+                    with Segmenter(**seg_kwargs, num_threads=threads) as seg:
+                        load_s.append(time.perf_counter() - t)
                         outcomes = seg.segment_files(cases, out, keep_results=False)
                     ok = sum(o.ok for o in outcomes)
+                    for o in outcomes:
+                        if not o.ok:
+                            print(f"loop: {o.path}: {o.error}", file=sys.stderr)
                     loop_s.append(time.perf_counter() - t)
                 else:
                     summary = run_cohort(
@@ -105,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
                         out,
                         **seg_kwargs,
                         num_workers=args.workers,
-                        cpus_per_worker=args.cpus_per_worker,
+                        cpus_per_worker=threads,
                         resume=False,
                         progress=False,
                     )
                     ok = summary.done
+                    for row in summary.rows:
+                        if row["status"] != "ok":
+                            print(f"ray: {row['input']}: {row['error']}", file=sys.stderr)
                     workers = summary.workers
+                    startup_s.append(summary.startup_s)
                     ray_s.append(time.perf_counter() - t)
                 if ok != n:
                     print(f"{path}: only {ok} of {n} cases succeeded", file=sys.stderr)
@@ -138,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         "ray_cases_per_min": 60.0 * n / ray_med,
         "ray_overhead_per_case_s": (ray_med - loop_med) / n,
         "ray_init_s": ray_init_s,
+        "ray_worker_startup_s": startup_s,
+        "loop_model_load_s": load_s,
+        # Without the one-off starts (the loop's model load, the Ray workers' process start and model load):
+        "ray_overhead_per_case_after_startup_s": (
+            (ray_med - statistics.median(startup_s)) - (loop_med - statistics.median(load_s))
+        )
+        / n,
+        "threads": threads,
         "ray_workers": workers,
         "masks_identical": bool(masks_equal),
         "machine": {
@@ -156,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"loop {loop_med:.1f} s ({result['loop_cases_per_min']:.1f} cases/min), ray {ray_med:.1f} s "
         f"({result['ray_cases_per_min']:.1f} cases/min): Ray overhead {result['ray_overhead_per_case_s']:+.2f} s "
-        f"per case; ray.init {ray_init_s:.1f} s; masks identical: {masks_equal}; load {load_before} -> {load_after}"
+        f"per case ({result['ray_overhead_per_case_after_startup_s']:+.2f} s after the workers' start of "
+        f"{statistics.median(startup_s):.1f} s); ray.init {ray_init_s:.1f} s; masks identical: {masks_equal}; load {load_before} -> {load_after}"
     )
     print(f"wrote {out_path}")
     return 0

@@ -33,7 +33,7 @@ from resunet_trt.cohort import (
 
 DATA = Path(__file__).parent / "data"
 DICOM_SERIES = DATA / "dicom_ct3slice" / "series"
-RUN = {"device": "cpu", "backend": "onnxruntime", "batch_size": 8, "progress": False}
+RUN = {"device": "cpu", "backend": "onnxruntime", "segmenter_options": {"batch_size": 8}, "progress": False}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,7 +307,13 @@ def test_manifest_round_trips_types_and_empty_cells(tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"queue_depth": 0}, "queue_depth"), ({"max_retries": -1}, "max_retries"), ({"mask_format": "png"}, "mask_format")],
+    [
+        ({"queue_depth": 0}, "queue_depth"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"mask_format": "png"}, "mask_format"),
+        ({"segmenter_options": {"device": "cuda"}}, "reserved keys"),
+        ({"segmenter_options": {"batch": 4}}, "unknown or reserved keys"),
+    ],
 )
 def test_bad_arguments_are_named(kwargs, match, tmp_path):
     with pytest.raises(ValueError, match=match):

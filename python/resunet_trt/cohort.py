@@ -409,6 +409,7 @@ class CohortSummary:
         retried: cases sent again after their worker died.
         workers_replaced: workers that died and were replaced.
         seconds: wall time of the run (workers started to manifest written).
+        startup_s: of which starting the workers (a process each, the model loaded once).
         model_sha256: the model's sha256, as the workers loaded it.
         manifest: the CSV and Parquet manifest paths.
     """
@@ -420,6 +421,7 @@ class CohortSummary:
     retried: int = 0
     workers_replaced: int = 0
     seconds: float = 0.0
+    startup_s: float = 0.0
     model_sha256: str = ""
     manifest: tuple[Path, Path] | None = None
     workers: list[dict[str, Any]] = field(default_factory=list)
@@ -509,8 +511,7 @@ def run_cohort(
     model: str | os.PathLike[str] | None = None,
     device: str = "auto",
     backend: str = "auto",
-    batch_size: int = 16,
-    min_lesion_voxels: int = 10,
+    segmenter_options: Mapping[str, Any] | None = None,
     overlay: bool = False,
     report: bool = True,
     mask_format: str = "auto",
@@ -528,8 +529,14 @@ def run_cohort(
     Args:
         inputs: NIfTI files and DICOM series folders (see :func:`read_case_list` for CSV lists).
         out_dir: output folder: ``<case>_mask.nii.gz`` (+ report, overlay) per case, the manifest, the journal.
-        model, device, backend, batch_size, min_lesion_voxels: as for :class:`resunet_trt.segmenter.Segmenter`;
-            ``device="auto"`` means one worker per GPU when the cluster has GPUs, else CPU workers.
+        model: model file as for :class:`resunet_trt.segmenter.Segmenter` (None: the bundled model); on a
+            cluster, a path every node can read.
+        device: ``"auto"`` (one worker per GPU when the cluster has GPUs, else CPU workers), ``"cpu"`` or
+            ``"cuda"``.
+        backend: as for :class:`resunet_trt.segmenter.Segmenter`.
+        segmenter_options: more keyword arguments of :class:`resunet_trt.segmenter.Segmenter` (``batch_size``,
+            ``min_lesion_mm3``, ``num_threads``...); its defaults otherwise, so that a cohort segments as the
+            Segmenter alone does.
         overlay: also write PNG overlays.
         report: also write JSON lesion reports.
         mask_format: ``"auto"`` (NIfTI, and a DICOM-SEG for DICOM input), ``"nifti"``, ``"dicom-seg"`` or
@@ -568,6 +575,7 @@ def run_cohort(
         dup = next(k for k in keys if keys.count(k) > 1)
         raise ValueError(f"inputs must not list the same case twice, got {dup} more than once")
     names = output_names(paths)
+    options = _checked_segmenter_options(segmenter_options)
     ray = _import_ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -583,11 +591,10 @@ def run_cohort(
         "model": None if model is None else os.path.abspath(model),
         "device": worker_device,
         "backend": backend,
-        "batch_size": batch_size,
-        "min_lesion_voxels": min_lesion_voxels,
+        **options,
     }
     if worker_device == "cpu":  # each worker's inference threads match the cores it reserved
-        seg_kwargs["num_threads"] = max(1, int(resources["num_cpus"]))
+        seg_kwargs.setdefault("num_threads", max(1, int(resources["num_cpus"])))
     actor_cls = ray.remote(CohortWorker)
     # Reads reserve no CPU: their number is bounded by the queues, and none can starve behind the workers.
     read_task = ray.remote(num_cpus=0, max_retries=2)(load_case)
@@ -625,6 +632,7 @@ def run_cohort(
         raise RuntimeError(f"the workers loaded different models (sha256 {sorted(shas)}); pass model=")
     model_sha = shas.pop()
     summary = CohortSummary(rows=[], model_sha256=model_sha, workers=[i for _, i in workers.values()])
+    summary.startup_s = time.perf_counter() - t_start
     logger.info("cohort: %d workers %s, model sha256 %s", count, resources, model_sha[:12])
 
     # Resume: earlier rows that stand for this case, with the same input, model and outputs.
@@ -752,6 +760,27 @@ def run_cohort(
         _compact_journal(out, {**previous, **rows})
         summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _checked_segmenter_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Segmenter keywords a cohort passes through: any of its constructor's but those the cohort sets itself."""
+    import inspect
+
+    from .segmenter import Segmenter
+
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"segmenter_options must be a mapping of Segmenter keywords, got {type(options).__name__}")
+    reserved = {"model", "device", "backend", "progress"}
+    known = set(inspect.signature(Segmenter.__init__).parameters) - {"self"} - reserved
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"segmenter_options: unknown or reserved keys {unknown}; accepted: {sorted(known)} "
+            "(model, device and backend are run_cohort's own arguments)"
+        )
+    return dict(options)
 
 
 def _ordered(rows: Mapping[str, dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:

@@ -51,9 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "tensorrt", "openvino", "onnxruntime", "torch"),
         help="inference backend (default: auto)",
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per network batch (default: 16)")
-    parser.add_argument("--min-lesion-voxels", type=int, default=10,
-                        help="smaller tumor components become liver (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="slices per network batch (default: the Segmenter's, 16)"
+    )
+    parser.add_argument(
+        "--min-lesion-mm3",
+        type=float,
+        default=None,
+        help="tumor components smaller than this become liver (default: the Segmenter's, 65 mm3)",
+    )
     parser.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
     parser.add_argument(
         "--format",
@@ -107,7 +113,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     for flag, value, low in (
         ("--batch-size", args.batch_size, 1),
-        ("--min-lesion-voxels", args.min_lesion_voxels, 0),
+        ("--min-lesion-mm3", args.min_lesion_mm3, 0),
         ("--queue-depth", args.queue_depth, 1),
         ("--workers", args.workers, 1),
         ("--num-cpus", args.num_cpus, 1),
@@ -151,8 +157,11 @@ def _main(argv: Sequence[str] | None) -> int:
             model=args.model,
             device=args.device,
             backend=args.backend,
-            batch_size=args.batch_size,
-            min_lesion_voxels=args.min_lesion_voxels,
+            segmenter_options={
+                k: v
+                for k, v in (("batch_size", args.batch_size), ("min_lesion_mm3", args.min_lesion_mm3))
+                if v is not None
+            },
             overlay=args.overlay,
             report=args.report,
             mask_format=args.mask_format,
