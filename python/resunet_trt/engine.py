@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,6 +147,127 @@ class BatchProfile:
         return cls(min=int(d["min"]), opt=int(d["opt"]), max=int(d["max"]))
 
 
+#: Plane sides of the optimisation profile for an ONNX with a dynamic plane (models with ``pixel_mm``): the typical
+#: abdominal field of view at about 1.2 mm per pixel needs 288, and 512 covers 60 cm at that pixel size.
+OPT_PLANE_SIDE = 288
+MAX_PLANE_SIDE = 512
+
+
+@dataclass(frozen=True)
+class PlaneProfile:
+    """The (h, w) range of the optimisation profile: fixed for most models, a range for a dynamic ONNX plane.
+
+    Attributes:
+        min: smallest (h, w).
+        opt: the plane TensorRT tunes for.
+        max: largest (h, w); a volume needing more is refused by the backend with the reason.
+    """
+
+    min: tuple[int, int]
+    opt: tuple[int, int]
+    max: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        for name in ("min", "opt", "max"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, tuple)
+                or len(value) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+            ):
+                raise TypeError(f"plane {name} must be a pair of ints (h, w), got {value!r}")
+        for axis in range(2):
+            if not 1 <= self.min[axis] <= self.opt[axis] <= self.max[axis]:
+                raise ValueError(
+                    f"plane sizes must satisfy 1 <= min <= opt <= max on each axis, got min={self.min}, "
+                    f"opt={self.opt}, max={self.max}"
+                )
+
+    @property
+    def dynamic(self) -> bool:
+        return self.min != self.max
+
+    def covers(self, hw: tuple[int, int]) -> bool:
+        return all(self.min[a] <= hw[a] <= self.max[a] for a in range(2))
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PlaneProfile:
+        def pair(v: Any) -> tuple[int, int]:
+            return (int(v[0]), int(v[1]))
+
+        return cls(min=pair(d["min"]), opt=pair(d["opt"]), max=pair(d["max"]))
+
+    @classmethod
+    def fixed(cls, hw: tuple[int, int]) -> PlaneProfile:
+        h, w = int(hw[0]), int(hw[1])
+        return cls(min=(h, w), opt=(h, w), max=(h, w))
+
+    @classmethod
+    def for_model(
+        cls, metadata: ModelMetadata, *, dynamic: bool, max_side: int = MAX_PLANE_SIDE
+    ) -> PlaneProfile:
+        """The profile for a model: its ``plane_size`` when the ONNX plane is fixed; for a dynamic plane, from the
+        smallest plane :func:`resunet_trt.kernels.plane_mapping` gives (``min(plane_size)`` rounded up to the
+        network's divisor) through :data:`OPT_PLANE_SIDE` to ``max_side`` (rounded down to the divisor)."""
+        if not dynamic:
+            return cls.fixed(metadata.plane_size)
+        divisor = plane_divisor(metadata)
+        smallest = -(-min(metadata.plane_size) // divisor) * divisor
+        largest = max(smallest, max_side // divisor * divisor)
+        opt = min(largest, max(smallest, -(-OPT_PLANE_SIDE // divisor) * divisor))
+        return cls(min=(smallest, smallest), opt=(opt, opt), max=(largest, largest))
+
+
+def plane_divisor(metadata: ModelMetadata) -> int:
+    """The multiple a dynamic plane side keeps: ``2**depth`` of the ResUNet (32 when the metadata has no depth)."""
+    depth = metadata.model_config.get("depth") if isinstance(metadata.model_config, dict) else None
+    return 2 ** int(depth) if depth else 32
+
+
+def profile_shapes(
+    batch: BatchProfile, plane: PlaneProfile, context: int
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(min, opt, max) input shapes (N, K, h, w) of the one optimisation profile."""
+    return (
+        (batch.min, context, *plane.min),
+        (batch.opt, context, *plane.opt),
+        (batch.max, context, *plane.max),
+    )
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """One ``execute_async_v3`` of a batch: samples ``[start, stop)``, run as a batch of ``run_batch``.
+
+    ``run_batch > stop - start`` means zero padding up to the profile's minimum batch.
+    """
+
+    start: int
+    stop: int
+    run_batch: int
+
+    @property
+    def padded(self) -> bool:
+        return self.run_batch > self.stop - self.start
+
+
+def plan_enqueues(n: int, min_batch: int, max_batch: int) -> list[Enqueue]:
+    """How a batch of ``n`` samples runs on a profile of batch ``min_batch..max_batch``.
+
+    Chunks of at most ``max_batch`` in order; a chunk below ``min_batch`` (only the last one can be) is padded to
+    ``min_batch``.
+
+    Raises:
+        ValueError: for ``n < 0`` or not ``1 <= min_batch <= max_batch``.
+    """
+    if not 1 <= min_batch <= max_batch:
+        raise ValueError(f"the profile must satisfy 1 <= min_batch <= max_batch, got {min_batch}..{max_batch}")
+    return [Enqueue(s, e, max(e - s, min_batch)) for s, e in split_batches(n, max_batch)]
+
+
 def split_batches(n: int, max_batch: int) -> list[tuple[int, int]]:
     """``[start, stop)`` chunks of ``range(n)`` no longer than ``max_batch`` (for batches beyond the profile)."""
     if max_batch < 1:
@@ -198,6 +320,12 @@ class EngineSidecar:
     created_utc: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     schema: int = SIDECAR_SCHEMA
+    plane: PlaneProfile | None = None  # None: the metadata's fixed plane_size (sidecars before dynamic planes)
+
+    @property
+    def plane_profile(self) -> PlaneProfile:
+        """The (h, w) range the plan takes."""
+        return self.plane if self.plane is not None else PlaneProfile.fixed(self.metadata.plane_size)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -213,6 +341,7 @@ class EngineSidecar:
             "onnx_sha256": self.onnx_sha256,
             "created_utc": self.created_utc,
             "extra": dict(self.extra),
+            "plane": None if self.plane is None else self.plane.to_dict(),
         }
 
     def to_json(self) -> str:
@@ -262,8 +391,9 @@ class EngineSidecar:
                 created_utc=str(d.get("created_utc", "")),
                 extra=dict(d.get("extra") or {}),
                 schema=schema,
+                plane=None if d.get("plane") is None else PlaneProfile.from_dict(d["plane"]),
             )
-        except (TypeError, KeyError, ValueError) as exc:
+        except (TypeError, KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"{source}: malformed engine sidecar ({exc})") from exc
 
 
@@ -357,8 +487,9 @@ def make_sidecar(
     profile: BatchProfile,
     onnx_sha256: str | None = None,
     extra: dict[str, Any] | None = None,
+    plane: PlaneProfile | None = None,
 ) -> EngineSidecar:
-    """The sidecar for freshly built ``plan`` bytes."""
+    """The sidecar for freshly built ``plan`` bytes (``plane``: None for the metadata's fixed plane)."""
     return EngineSidecar(
         metadata=metadata,
         plan_sha256=sha256_bytes(plan),
@@ -369,6 +500,7 @@ def make_sidecar(
         onnx_sha256=onnx_sha256,
         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         extra=dict(extra or {}),
+        plane=None if plane is None or not plane.dynamic else plane,
     )
 
 
@@ -499,6 +631,7 @@ def build_engine(
     timing_cache: str | os.PathLike[str] | None = None,
     device: str | int = "cuda:0",
     verbose: bool = False,
+    max_plane: int = MAX_PLANE_SIDE,
 ) -> Path:
     """Build a strongly typed TensorRT engine from one of our ONNX files, with its sidecar.
 
@@ -512,6 +645,8 @@ def build_engine(
         timing_cache: file to load the timing cache from (when it exists) and save it to after the build.
         device: the CUDA device to build for.
         verbose: forward TensorRT's verbose log to logging's DEBUG.
+        max_plane: largest plane side of the profile when the ONNX plane is dynamic (models with ``pixel_mm``);
+            see :meth:`PlaneProfile.for_model`. Ignored for a fixed plane.
 
     Returns:
         The plan path.
@@ -549,12 +684,13 @@ def build_engine(
             f"TensorRT {trt.__version__} could not parse {onnx_path} ({len(errors)} error(s)):\n  "
             + "\n  ".join(errors or ["(the parser reported failure without an error record)"])
         )
-    _check_network_io(network, metadata, onnx_path)
+    dynamic_plane = _check_network_io(network, metadata, onnx_path)
+    plane = PlaneProfile.for_model(metadata, dynamic=dynamic_plane, max_side=max_plane)
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     opt_profile = builder.create_optimization_profile()
-    shape_min, shape_opt, shape_max = profile.shapes(metadata)
+    shape_min, shape_opt, shape_max = profile_shapes(profile, plane, metadata.context)
     opt_profile.set_shape(
         INPUT_NAME, trt.Dims(list(shape_min)), trt.Dims(list(shape_opt)), trt.Dims(list(shape_max))
     )
@@ -570,16 +706,21 @@ def build_engine(
         logger.info("loaded timing cache %s (%d bytes)", cache_path, len(cache_bytes))
 
     logger.info(
-        "building %s engine from %s on %s (batch %d/%d/%d, workspace %.1f GiB)",
+        "building %s engine from %s on %s (batch %d/%d/%d, plane %s/%s/%s, workspace %.1f GiB)",
         metadata.precision,
         onnx_path,
         gpu.name,
         profile.min,
         profile.opt,
         profile.max,
+        plane.min,
+        plane.opt,
+        plane.max,
         workspace_gb,
     )
+    started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
+    build_seconds = time.perf_counter() - started
     if serialized is None:
         raise EngineBuildError(
             f"TensorRT {trt.__version__} failed to build an engine from {onnx_path}; see the "
@@ -597,14 +738,16 @@ def build_engine(
         gpu=gpu,
         profile=profile,
         onnx_sha256=sha256_file(onnx_path),
-        extra={"workspace_gb": workspace_gb, "onnx": onnx_path.name},
+        extra={"workspace_gb": workspace_gb, "onnx": onnx_path.name, "build_seconds": round(build_seconds, 1)},
+        plane=plane,
     )
     write_sidecar(plan_path, sidecar)
     logger.info("wrote %s (%d bytes) and %s", plan_path, len(plan), sidecar_path(plan_path))
     return plan_path
 
 
-def _check_network_io(network: trt.INetworkDefinition, metadata: ModelMetadata, source: Path) -> None:
+def _check_network_io(network: trt.INetworkDefinition, metadata: ModelMetadata, source: Path) -> bool:
+    """Checks names and the input shape against the metadata; True when the plane (h, w) is dynamic."""
     names_in = [network.get_input(i).name for i in range(network.num_inputs)]
     names_out = [network.get_output(i).name for i in range(network.num_outputs)]
     if names_in != [INPUT_NAME] or names_out != [OUTPUT_NAME]:
@@ -616,8 +759,14 @@ def _check_network_io(network: trt.INetworkDefinition, metadata: ModelMetadata, 
     dims = tuple(int(shape[i]) for i in range(len(shape)))
     k = metadata.context
     h, w = metadata.plane_size
+    if len(dims) == 4 and dims[1] == k and dims[2] == -1 and dims[3] == -1 and metadata.pixel_mm is not None:
+        return True
     if len(dims) != 4 or tuple(dims[1:]) != (k, h, w):
-        raise ValueError(f"{source}: input must be (N, {k}, {h}, {w}) as its metadata says, got {dims}")
+        raise ValueError(
+            f"{source}: input must be (N, {k}, {h}, {w}) as its metadata says (or (N, {k}, -1, -1) for a model "
+            f"with pixel_mm), got {dims}"
+        )
+    return False
 
 
 def _set_cuda_device(index: int) -> None:
@@ -698,3 +847,194 @@ def load_engine(
     if engine is None:
         raise RuntimeError(f"TensorRT {trt.__version__} could not deserialise {plan_path}; see the log above")
     return LoadedEngine(engine=engine, runtime=runtime, sidecar=sidecar, path=plan_path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Engine cache: build once per model, TensorRT release, GPU architecture and profile; reuse afterwards
+# --------------------------------------------------------------------------------------------------------------
+
+ENGINE_CACHE_ENV = "RESUNET_TRT_ENGINE_CACHE"
+
+
+def default_engine_cache_dir() -> Path:
+    """``$RESUNET_TRT_ENGINE_CACHE``, else ``$XDG_CACHE_HOME/resunet-trt/engines``, else under ``~/.cache``."""
+    env = os.environ.get(ENGINE_CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "resunet-trt" / "engines"
+
+
+def _release(tensorrt_version: str) -> str:
+    return ".".join(str(v) for v in (parse_version(tensorrt_version) + (0, 0))[:3])
+
+
+def engine_cache_name(
+    onnx_path: str | os.PathLike[str],
+    *,
+    onnx_sha256: str,
+    tensorrt_version: str,
+    gpu: GpuInfo,
+    profile: BatchProfile,
+    max_plane: int | None = None,
+) -> str:
+    """File name of a cached plan: the cache key (model sha256, TensorRT major.minor.patch, compute capability,
+    batch profile, and the largest plane side for a dynamic plane) in readable form."""
+    cc = f"sm{gpu.compute_capability[0]}{gpu.compute_capability[1]}"
+    plane = "" if max_plane is None else f"-p{max_plane}"
+    return (
+        f"{Path(onnx_path).stem}-{onnx_sha256[:16]}-trt{_release(tensorrt_version)}-{cc}"
+        f"-b{profile.min}-{profile.opt}-{profile.max}{plane}.plan"
+    )
+
+
+def expected_build_seconds(cache_dir: str | os.PathLike[str], *, gpu: GpuInfo, tensorrt_version: str) -> float | None:
+    """Median build time of the engines in ``cache_dir`` built on this GPU model and TensorRT release (None: none)."""
+    times: list[float] = []
+    for side in sorted(Path(cache_dir).glob("*.plan.json")):
+        try:
+            d = json.loads(side.read_text())
+            if (
+                d.get("device_name") == gpu.name
+                and same_tensorrt_release(str(d.get("tensorrt_version")), tensorrt_version)
+                and d.get("extra", {}).get("build_seconds") is not None
+            ):
+                times.append(float(d["extra"]["build_seconds"]))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue  # an unreadable neighbour says nothing about the time
+    if not times:
+        return None
+    times.sort()
+    mid = len(times) // 2
+    return times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+
+
+def cached_plan_problem(
+    plan_path: Path,
+    *,
+    onnx_sha256: str,
+    tensorrt_version: str,
+    gpu: GpuInfo,
+    profile: BatchProfile,
+    metadata: ModelMetadata,
+) -> str | None:
+    """Why the cached ``plan_path`` cannot be used (missing, damaged, stale), or None when it can."""
+    if not plan_path.is_file():
+        return "not in the cache"
+    try:
+        sidecar = read_sidecar(plan_path)
+        if sidecar.onnx_sha256 != onnx_sha256:
+            return "built from another ONNX file"
+        if sidecar.profile != profile:
+            return f"built for batch profile {sidecar.profile.to_dict()}, not {profile.to_dict()}"
+        verify_sidecar(
+            sidecar,
+            plan_sha256=sha256_file(plan_path),
+            tensorrt_version=tensorrt_version,
+            gpu=gpu,
+            expected_metadata=metadata,
+            plan_name=str(plan_path),
+        )
+    except (OSError, ValueError) as exc:  # EngineMismatchError is a ValueError
+        return str(exc)
+    return None
+
+
+def cached_engine(
+    onnx_path: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    min_batch: int = 1,
+    opt_batch: int = 8,
+    max_batch: int = 32,
+    max_plane: int = MAX_PLANE_SIDE,
+    workspace_gb: float = 4.0,
+    device: str | int = "cuda:0",
+    rebuild: bool = False,
+) -> Path:
+    """A plan for ``onnx_path`` on this GPU and TensorRT: from the engine cache, or built once and cached.
+
+    The cache key is the ONNX file's sha256, the TensorRT release (major.minor.patch), the GPU's compute capability
+    and the batch profile (and ``max_plane`` for a model with a dynamic plane); it is the plan's file name (see
+    :func:`engine_cache_name`). A cached plan is used only when its sidecar verifies (plan sha256, TensorRT release,
+    compute capability, metadata, ONNX sha256, profile); a damaged or stale one is rebuilt. A build is announced
+    with its expected time (the median of earlier builds on this GPU in the cache, when there are some), and a
+    timing cache per TensorRT release and GPU speeds up later builds. Writes are atomic, so an interrupted build
+    leaves no plan behind.
+
+    Args:
+        onnx_path: an fp32, fp16 or int8 (Q/DQ) ONNX from :mod:`resunet_trt.export`.
+        cache_dir: the cache folder; None for :func:`default_engine_cache_dir`.
+        min_batch: see :func:`build_engine`.
+        opt_batch: see :func:`build_engine`.
+        max_batch: see :func:`build_engine`.
+        max_plane: see :func:`build_engine`.
+        workspace_gb: see :func:`build_engine`.
+        device: the CUDA device.
+        rebuild: build even when a usable plan is cached (e.g. after TensorRT could not deserialise it).
+
+    Returns:
+        The cached plan's path (its sidecar beside it).
+
+    Raises:
+        ImportError: without TensorRT.
+        EngineBuildError: when TensorRT cannot build the engine.
+    """
+    from .export import read_onnx_metadata
+
+    onnx_path = Path(onnx_path)
+    profile = BatchProfile(min=min_batch, opt=opt_batch, max=max_batch)
+    metadata = read_onnx_metadata(onnx_path)
+    index = parse_device_index(device)
+    trt_mod = import_tensorrt()
+    version = str(trt_mod.__version__)
+    gpu = current_gpu(index)
+    onnx_sha = sha256_file(onnx_path)
+    folder = Path(cache_dir) if cache_dir is not None else default_engine_cache_dir()
+    plan = folder / engine_cache_name(
+        onnx_path,
+        onnx_sha256=onnx_sha,
+        tensorrt_version=version,
+        gpu=gpu,
+        profile=profile,
+        max_plane=max_plane if metadata.pixel_mm is not None else None,
+    )
+    problem = "a rebuild was asked for" if rebuild else cached_plan_problem(
+        plan, onnx_sha256=onnx_sha, tensorrt_version=version, gpu=gpu, profile=profile, metadata=metadata
+    )
+    if problem is None:
+        logger.info("TensorRT engine from the cache: %s", plan)
+        return plan
+    if plan.is_file():
+        logger.warning("cached TensorRT engine %s is unusable (%s); building it again", plan, problem)
+    expected = expected_build_seconds(folder, gpu=gpu, tensorrt_version=version) if folder.is_dir() else None
+    eta = (
+        f"about {expected:.0f} s, as earlier builds on this GPU"
+        if expected is not None
+        else "usually a few minutes (first build on this GPU: TensorRT times every layer)"
+    )
+    logger.warning(
+        "building the TensorRT %s engine of %s for %s (compute capability %d.%d, TensorRT %s): %s; it is cached "
+        "in %s and reused next time",
+        metadata.precision,
+        onnx_path.name,
+        gpu.name,
+        gpu.compute_capability[0],
+        gpu.compute_capability[1],
+        version,
+        eta,
+        folder,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cc = f"sm{gpu.compute_capability[0]}{gpu.compute_capability[1]}"
+    return build_engine(
+        onnx_path,
+        plan,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        max_plane=max_plane,
+        workspace_gb=workspace_gb,
+        timing_cache=folder / f"timing-trt{_release(version)}-{cc}.cache",
+        device=index,
+    )

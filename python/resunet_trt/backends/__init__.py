@@ -18,9 +18,12 @@ file, the bundled default model is used, in the fastest form available for the d
 
 ``precision`` narrows the choice: ``"int8"`` takes the INT8 file, ``"bf16"`` the fp32 file on OpenVINO,
 ``"fp32"`` the fp32 file. :func:`resunet_trt.show_config` prints the order and what is installed.
-- GPU: the checkpoint on PyTorch with fp16 autocast, then the fp32 ONNX on ONNX Runtime's CUDA provider (a
-  TensorRT engine is specific to a GPU and TensorRT release, so it is never bundled: build one with
-  ``resunet-build`` and pass the .plan).
+- GPU: :data:`GPU_ORDER`. The FP16 ONNX on TensorRT (``precision="int8"``: the INT8 ONNX): an engine is specific
+  to a GPU and TensorRT release, so it is never bundled; it is built on first use (announced, with its expected
+  time) and cached by :func:`resunet_trt.engine.cached_engine` in ``$RESUNET_TRT_ENGINE_CACHE``, else
+  ``~/.cache/resunet-trt/engines``. Without TensorRT: the checkpoint on PyTorch with fp16 autocast (with a one-line
+  notice saying how to get TensorRT), then the fp32 ONNX on ONNX Runtime's CUDA provider. An .onnx file with
+  ``backend="tensorrt"`` goes through the same cache; a .plan from ``resunet-build`` runs as it is.
 
 Every backend module imports its library lazily, so this package imports with numpy alone.
 """
@@ -51,6 +54,14 @@ CPU_ORDER: tuple[tuple[str, str], ...] = (
     ("onnxruntime", "int8"),
     ("torch", "pt"),
 )
+#: (backend, bundled model kind) tried in this order on a GPU for the default model; INT8 only on request.
+GPU_ORDER: tuple[tuple[str, str], ...] = (
+    ("tensorrt", "fp16"),
+    ("torch", "pt"),
+    ("onnxruntime", "onnx"),
+    ("tensorrt", "int8"),
+)
+_ON_REQUEST_ONLY = {("tensorrt", "int8")}
 #: Precision each bundled kind runs in by default (OpenVINO may run the fp32 file in bf16 on request).
 _KIND_PRECISION = {"pt": "fp32", "onnx": "fp32", "fp16": "fp16", "int8": "int8"}
 #: Backends that can run an .onnx file, best first on the CPU.
@@ -70,6 +81,10 @@ INSTALL_HINTS = {
     "onnxruntime": "ONNX Runtime is not installed: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)",
     "torch": "PyTorch is not installed: see https://pytorch.org/get-started/locally/",
 }
+TENSORRT_FALLBACK_NOTICE = (
+    "TensorRT is not installed, so the GPU runs the PyTorch model (slower): pip install tensorrt-cu12 cupy-cuda12x "
+    "(or tensorrt-cu13 cupy-cuda13x) to get TensorRT engines"
+)
 
 __all__ = [
     "BACKEND_NAMES",
@@ -178,11 +193,11 @@ def _require(name: str) -> None:
 def _default_candidates(device: str, precision: str = "auto") -> list[tuple[str, str]]:
     """(backend, default model kind), best first, for a device and a wanted precision (see the module docstring)."""
     if device.startswith("cuda"):
-        order = [("torch", "pt"), ("onnxruntime", "onnx")]
+        order = list(GPU_ORDER)
     else:
         order = list(CPU_ORDER)
     if precision == "auto":
-        return order
+        return [c for c in order if c not in _ON_REQUEST_ONLY]
     if precision == "bf16":
         return [(name, kind) for name, kind in order if name == "openvino" and kind == "onnx"]
     return [(name, kind) for name, kind in order if _KIND_PRECISION[kind] == precision]
@@ -240,7 +255,7 @@ def open_backend(
         raise TypeError(f"model must be a path or None, got {type(model).__name__}")
     path = Path(model)
     needed = backend_for_path(path)
-    fits = ONNX_BACKENDS if needed == "onnxruntime" else (needed,)
+    fits = (*ONNX_BACKENDS, "tensorrt") if needed == "onnxruntime" else (needed,)
     if backend not in ("auto", *fits):
         raise ValueError(f"{path.name} is a {needed} model file; it cannot run on backend={backend!r}")
     if backend == "auto" and needed == "onnxruntime":
@@ -276,7 +291,10 @@ def _construct(name: str, path: Path, device: str, threads: int | None = None, p
     if name == "tensorrt":
         from .tensorrt import TensorRTBackend
 
-        opened = TensorRTBackend(path, device=device)
+        if path.suffix.lower() == ".onnx":  # engine from the cache, built on first use
+            opened = TensorRTBackend.from_onnx(path, device=device)
+        else:
+            opened = TensorRTBackend(path, device=device)
     elif name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeBackend
 
@@ -295,18 +313,22 @@ def _construct(name: str, path: Path, device: str, threads: int | None = None, p
 
 
 def _open_default(backend: str, device: str, threads: int | None = None, precision: str = "auto") -> Backend:
-    if backend == "tensorrt":
+    if backend == "tensorrt" and not (_installed("tensorrt") and cuda_device_count() > 0):
         raise ValueError(
-            "there is no bundled TensorRT engine (a plan is tied to one GPU and TensorRT release): build one with "
-            "`resunet-build model.onnx -o model.plan` and pass model='model.plan'"
+            "there is no bundled TensorRT engine (a plan is tied to one GPU and TensorRT release): it is built from "
+            "the bundled FP16 ONNX on first use, which needs TensorRT and a CUDA GPU here ("
+            + INSTALL_HINTS["tensorrt"]
+            + "); or build one elsewhere with `resunet-build model.onnx -o model.plan` and pass model='model.plan'"
         )
-    names = [backend] if backend != "auto" else [n for n in ("openvino", "onnxruntime", "torch")]
+    names = [backend] if backend != "auto" else [n for n in ("tensorrt", "openvino", "onnxruntime", "torch")]
     if device == "auto":
         gpu = cuda_device_count() > 0 and any(_installed(n) and _gpu_capable(n) for n in names)
         dev = "cuda:0" if gpu else "cpu"
     else:
         dev = parse_device(device)
     problems: list[str] = []
+    if backend == "auto" and dev.startswith("cuda") and not _installed("tensorrt"):
+        logger.warning(TENSORRT_FALLBACK_NOTICE)
     for name, kind in _default_candidates(dev, precision):
         if name not in names:
             continue
