@@ -24,16 +24,18 @@ Decisions worth knowing:
 * DICOM series are sorted by position along the slice normal (row x column direction cosines); non-uniform
   spacing (more than 1 %), missing slices, duplicate positions, mixed image sizes or orientations, gantry tilt and
   modalities other than CT are refused with the reason. The on-disk layout of a DICOM series is taken as the
-  usual NIfTI conversion's (i = column, j = row, k = slice in ascending normal position, LPS turned into RAS), so
-  a mask saved for a DICOM input matches the NIfTI that dcm2niix or 3D Slicer would make of that series.
+  ITK/3D Slicer conversion's (i = column, j = row, k = slice in ascending normal position, LPS turned into RAS),
+  so a mask saved for a DICOM input matches the NIfTI that ITK or 3D Slicer would make of that series. dcm2niix
+  stores the rows flipped (j reversed, with the affine to match): the same world positions, but not the same
+  voxel array (:func:`load_label` reorients such a label).
   Multi-frame images (Enhanced or Legacy Converted Enhanced CT) are refused by name: convert them first. The
   volume's ``meta`` keeps, per slice in that k order, the file, SOPInstanceUID and ImagePositionPatient (and the
   study, series and frame of reference UIDs), which :mod:`resunet_trt.dicom_seg` needs to write a DICOM-SEG.
 * ``.nii.gz`` is read and written through ISA-L's igzip when the ``isal`` package is installed, otherwise
-  through nibabel's own gzip (zlib). On a shared 2-core machine, for a 512 x 512 x 400 int16 phantom (112 MB
-  compressed), :func:`load_ct` took 1.4 s with igzip against 3.1 s with zlib, and :func:`save_mask` 0.07 s
-  against 0.44 s (medians of 3). Masks are written at igzip level 1: fast, and label maps compress well at any
-  level (0.4 MB here).
+  through nibabel's own gzip (zlib). On a 2-core machine, for a 512 x 512 x 400 int16 phantom (112 MB
+  compressed), :func:`load_ct` took 1.1 s with igzip against 2.3 s with nibabel + zlib, and :func:`save_mask`
+  0.04 s (benchmarks/results/pipeline_cpu_int8.json, ``files``; the README quotes the same run). Masks are
+  written at igzip level 1: fast, and label maps compress well at any level (0.4 MB here).
 """
 
 from __future__ import annotations

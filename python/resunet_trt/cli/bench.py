@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import backends
 from .._progress import progress as progress_bar
 
 logger = logging.getLogger("resunet_trt.bench")
@@ -68,14 +69,8 @@ BUNDLED = {
 }
 #: The precision a bundled variant asks for (the others run in their file's).
 BUNDLED_PRECISION = {"openvino": "fp32", "openvino-bf16": "bf16", "openvino-int8": "int8"}
-SUFFIX_BACKEND = {
-    ".plan": "tensorrt",
-    ".engine": "tensorrt",
-    ".trt": "tensorrt",
-    ".onnx": "onnxruntime",
-    ".pt": "torch",
-    ".pth": "torch",
-}
+#: The suffixes the backends accept (one table: a suffix they refuse must not be offered here).
+SUFFIX_BACKEND = backends.SUFFIX_BACKEND
 TENSORRT_HELP = (
     "TensorRT is not installed in this Python environment, so a .plan engine cannot be run. Install it on a "
     "machine with an NVIDIA GPU and driver: `pip install tensorrt` (it needs the matching CUDA runtime), then "
