@@ -42,6 +42,9 @@ class AugmentConfig:
         gamma: maximal relative gamma change (gamma in [1 - g, 1 + g]).
         noise_std: maximal standard deviation of additive Gaussian noise.
         intensity_prob: probability of the intensity transforms.
+        slice_flip_prob: probability of reversing the K context channels (the slice axis flipped), which makes
+            the network's answer the same for a volume stored head-first or feet-first and lets inference average
+            the two (test-time flip averaging).
     """
 
     flip_prob: float = 0.5
@@ -59,6 +62,7 @@ class AugmentConfig:
     gamma: float = 0.25
     noise_std: float = 0.03
     intensity_prob: float = 0.8
+    slice_flip_prob: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:
@@ -184,6 +188,8 @@ def augment_sample(
     flip_ud = bool(cfg.flip_ud and rng.random() < cfg.flip_prob)
     k = int(rng.integers(1, 4)) if rng.random() < cfg.rot90_prob else 0
     image, label = flip_rot90(image, label, flip_lr=flip_lr, flip_ud=flip_ud, k=k)
+    if cfg.slice_flip_prob > 0 and rng.random() < cfg.slice_flip_prob:  # no draw when off: old runs repeat
+        image = image[::-1]
 
     if rng.random() < cfg.affine_prob:
         h, w = label.shape
