@@ -82,9 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", "tensorrt", "onnxruntime", "torch"),
+        choices=("auto", "tensorrt", "openvino", "onnxruntime", "torch"),
         help="inference backend (default: auto)",
     )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=("fp32", "bf16", "int8"),
+        help="network precision (default: the model file's, or the fastest for the bundled model)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: one per core)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per network batch (default: 16)")
     parser.add_argument("--min-lesion-voxels", type=int, default=10,
                         help="smaller tumor components become liver (default: %(default)s)")
@@ -196,6 +203,8 @@ def _main(argv: Sequence[str] | None) -> int:
             batch_size=args.batch_size,
             min_lesion_voxels=args.min_lesion_voxels,
             progress=not args.no_progress,
+            num_threads=args.threads,
+            precision=args.precision,
         )
     except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
         print(f"resunet-seg: {exc}", file=sys.stderr)
