@@ -1,9 +1,9 @@
-"""Cohorts on a local Ray instance: the outputs of Segmenter alone, a failed row for a corrupt file, resume, lost workers.
+"""Cohorts on a local Ray instance: Segmenter's own outputs, a failed row for a corrupt file, resume, lost workers.
 
 One Ray instance (2 CPUs, no dashboard) serves the module; the model is the tiny ONNX of tests/model_fixtures.py.
-The cases are real CT: a 16-slice crop of LiTS 117 (liver and tumors for the tiny model to find), the downsampled
-LiTS case under the same file name ``ct.nii.gz`` (a duplicate basename), the 3-slice DICOM series, and a truncated
-gzip. The reference is ``Segmenter.segment_files`` run here, in this process, on the same inputs.
+The cases are real CT: a 16-slice crop of LiTS 117 (liver and tumors for the tiny model to find), the
+downsampled LiTS case under the same file name ``ct.nii.gz`` (a duplicate basename), the 3-slice DICOM series,
+and a truncated gzip. The reference is ``Segmenter.segment_files`` run here, in this process, on the same inputs.
 """
 
 from __future__ import annotations
@@ -193,7 +193,8 @@ def test_rerun_skips_done_cases_and_redoes_a_changed_input(cohort, order, onnx_f
     before = {r["case"]: Path(r["mask"]).stat().st_mtime_ns for r in summary.rows if r["status"] == "ok"}
     again = run_cohort(order, out, model=onnx_fp32, **RUN)
     assert (again.done, again.failed, again.skipped) == (0, 1, 3)  # the corrupt file is tried again
-    assert {r["case"]: Path(r["mask"]).stat().st_mtime_ns for r in again.rows if r["status"] == "ok"} == before
+    after = {r["case"]: Path(r["mask"]).stat().st_mtime_ns for r in again.rows if r["status"] == "ok"}
+    assert after == before
     assert [r["finished_utc"] for r in again.rows[:3]] == [r["finished_utc"] for r in summary.rows[:3]]
 
     # The same path with other content is a different input: it is segmented again, the others are not.

@@ -12,11 +12,11 @@ The flow of one run::
 
 Reading runs apart from inference: a worker holds at most ``queue_depth`` cases (one being segmented, the next
 already read), so a GPU does not wait on gzip, and the driver hands out a new case only when one finishes, so
-memory stays bounded whatever the size of the cohort. A worker runs one case at a time, so when it dies the case
-it was running is known: the oldest of its unfinished cases.
+memory stays bounded whatever the size of the cohort. A worker runs one case at a time, so when it dies the
+case it was running is known: the oldest of its unfinished cases.
 
-Failures stay with their case: a file that cannot be read or segmented gets a ``failed`` row with the reason and
-the run goes on. A worker that dies (killed, out of memory) is replaced and the case it was running is retried
+Failures stay with their case: a file that cannot be read or segmented gets a ``failed`` row with the reason
+and the run goes on. A worker that dies (killed, out of memory) is replaced and the case it was running is retried
 once; the cases queued behind it are sent again without counting an attempt. When the driver itself stops, the
 journal holds every finished case; rerunning into the same output folder skips them.
 
@@ -241,7 +241,13 @@ def _previous_rows(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def _already_done(
-    row: Mapping[str, Any] | None, name: str, model_sha256: str, *, overlay: bool, report: bool, mask_format: str
+    row: Mapping[str, Any] | None,
+    name: str,
+    model_sha256: str,
+    *,
+    overlay: bool,
+    report: bool,
+    mask_format: str,
 ) -> bool:
     """Whether a previous row stands for this case: ok, same name and model, the outputs asked for present."""
     if row is None or row.get("status") != "ok" or row.get("case") != name:
@@ -341,7 +347,8 @@ class CohortWorker:
             backend=self.segmenter.backend.name,
             worker=self.name,
             model_sha256=self.model_sha256,
-            input_sha256=loaded.get("input_sha256") or None,  # None, not "": a CSV cell cannot tell them apart
+            # None, not "": a CSV cell cannot tell them apart.
+            input_sha256=loaded.get("input_sha256") or None,
             series_uid=loaded.get("series_uid") or None,
         )
         try:
@@ -379,8 +386,8 @@ class CohortWorker:
 
 
 #: Fault injection for tests of worker loss: ``"<text>|<marker file>"`` makes a worker exit abruptly (as if
-#: killed) once it has segmented a case whose input path contains ``<text>``, before writing anything; once: the
-#: marker file records that it did.
+#: killed) once it has segmented a case whose input path contains ``<text>``, before writing anything; once:
+#: the marker file records that it did.
 EXIT_ONCE_ENV = "RESUNET_COHORT_EXIT_ONCE"
 
 
@@ -497,7 +504,7 @@ def _worker_plan(
             raise ValueError(f"device={device!r} asks for GPUs, but the Ray cluster has none ({resources})")
         # Ray sets CUDA_VISIBLE_DEVICES per actor, so each worker's GPU is its cuda:0.
         return num_workers or gpus, {"num_gpus": 1, "num_cpus": cpus_per_worker or 1}, "cuda"
-    # A small machine gets one worker on all its cores (as a plain loop would); a larger one, workers of 4 cores.
+    # A small machine gets one worker on all its cores (as a plain loop would); a larger one 4-core workers.
     per = cpus_per_worker or (cpus if cpus <= 4 else min(4.0, cpus // 2))
     # Reading needs no reserved CPU (reads are bounded by the queue), but leave it some cores to use.
     count = num_workers or max(1, int((cpus - max(1.0, cpus // 8)) // per))
@@ -528,7 +535,7 @@ def run_cohort(
 
     Args:
         inputs: NIfTI files and DICOM series folders (see :func:`read_case_list` for CSV lists).
-        out_dir: output folder: ``<case>_mask.nii.gz`` (+ report, overlay) per case, the manifest, the journal.
+        out_dir: output folder: ``<case>_mask.nii.gz`` (+ report, overlay) per case, manifest, journal.
         model: model file as for :class:`resunet_trt.segmenter.Segmenter` (None: the bundled model); on a
             cluster, a path every node can read.
         device: ``"auto"`` (one worker per GPU when the cluster has GPUs, else CPU workers), ``"cpu"`` or
@@ -542,8 +549,8 @@ def run_cohort(
         mask_format: ``"auto"`` (NIfTI, and a DICOM-SEG for DICOM input), ``"nifti"``, ``"dicom-seg"`` or
             ``"both"`` (see :func:`resunet_trt.segmenter.mask_outputs`).
         num_workers: workers to start (default: one per GPU, or the CPUs divided by ``cpus_per_worker``).
-        cpus_per_worker: CPUs each worker reserves and its inference threads (default: 1 beside a GPU; else all
-            of a machine of up to 4 CPUs, or min(4, CPUs / 2)).
+        cpus_per_worker: CPUs each worker reserves and its inference threads (default: 1 beside a GPU;
+            else all of a machine of up to 4 CPUs, or min(4, CPUs / 2)).
         queue_depth: cases held per worker (one segmented, the others read and waiting); bounds memory.
         max_retries: times a case is sent again after its worker died.
         resume: skip cases an earlier run into ``out_dir`` finished with the same input and model.
@@ -719,11 +726,11 @@ def run_cohort(
             summary.retried += 1
         else:
             row = empty_row(names[first], keys[first])
-            row.update(attempts=tries, error=f"{keys[first]}: the worker died {tries} times on this case: {exc}")
+            row.update(attempts=tries, error=f"{keys[first]}: its worker died {tries} times on it: {exc}")
             finish(first, row)
         summary.workers_replaced += 1
         if summary.workers_replaced > max(2, 2 * count):
-            raise RuntimeError(f"cohort workers keep dying ({summary.workers_replaced} replaced); last: {exc}")
+            raise RuntimeError(f"cohort workers keep dying ({summary.workers_replaced} replaced): {exc}")
         actor, info = spawn()
         workers[info["name"]] = (actor, info)
         queued[info["name"]] = deque()
@@ -763,7 +770,7 @@ def run_cohort(
 
 
 def _checked_segmenter_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Segmenter keywords a cohort passes through: any of its constructor's but those the cohort sets itself."""
+    """Segmenter keywords a cohort passes through: any of its constructor's but those the cohort sets."""
     import inspect
 
     from .segmenter import Segmenter
@@ -771,7 +778,9 @@ def _checked_segmenter_options(options: Mapping[str, Any] | None) -> dict[str, A
     if options is None:
         return {}
     if not isinstance(options, Mapping):
-        raise TypeError(f"segmenter_options must be a mapping of Segmenter keywords, got {type(options).__name__}")
+        raise TypeError(
+            f"segmenter_options must be a mapping of Segmenter keywords, got {type(options).__name__}"
+        )
     reserved = {"model", "device", "backend", "progress"}
     known = set(inspect.signature(Segmenter.__init__).parameters) - {"self"} - reserved
     unknown = sorted(set(options) - known)
@@ -791,4 +800,5 @@ def _compact_journal(out: Path, rows: Mapping[str, Mapping[str, Any]]) -> None:
     from .io import atomic_write
 
     with atomic_write(out / JOURNAL) as tmp:
-        tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in rows.values()), encoding="utf-8")
+        lines = [json.dumps(r, allow_nan=False) + "\n" for r in rows.values()]
+        tmp.write_text("".join(lines), encoding="utf-8")

@@ -6,10 +6,10 @@ Examples::
     resunet-cohort 'data/*.nii.gz' dicom_root/ -o out/        # RAY_ADDRESS, else a local Ray instance
     resunet-cohort cases.csv -o /shared/out --address auto    # the cluster of `ray start --head`
 
-Inputs are what ``resunet-seg`` takes (NIfTI files, DICOM series folders, folders of NIfTI, globs) and CSV case
-lists (a ``path`` column, else the first; relative paths are relative to the CSV). Outputs are those of
-``resunet-seg`` plus ``cohort_manifest.csv`` and ``cohort_manifest.parquet``, one row per case. Rerunning into the
-same output folder skips the cases already done with the same input and model (``--no-resume`` redoes them).
+Inputs are what ``resunet-seg`` takes (NIfTI files, DICOM series folders, folders of NIfTI, globs) and CSV
+case lists (a ``path`` column, else the first; relative paths are relative to the CSV). Outputs are those of
+``resunet-seg`` plus ``cohort_manifest.csv`` and ``cohort_manifest.parquet``, one row per case. Rerunning into
+the same output folder skips the cases already done with the same input and model (``--no-resume`` redoes them).
 Exit code: 0 all ok, 1 a case failed, 2 bad arguments or no input, 130 interrupted (rerun to resume).
 """
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="resunet-cohort",
         description="Segment many CT series on Ray; a manifest records every case; interrupted runs resume.",
     )
-    parser.add_argument("inputs", nargs="+", help="CSV case lists, NIfTI files, DICOM folders, folders, globs")
+    parser.add_argument("inputs", nargs="+", help="CSV case lists, NIfTI files, DICOM folders, globs")
     parser.add_argument("-o", "--out", "--output", dest="out", required=True, help="output folder")
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def collect_cases(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """CSV case lists and everything ``resunet-seg`` accepts -> (cases without duplicates, specs matching nothing).
+    """CSV case lists and what ``resunet-seg`` accepts -> (cases without duplicates, specs matching nothing).
 
     Raises:
         FileNotFoundError/ValueError: a CSV case list that cannot be used.
@@ -183,7 +183,7 @@ def _main(argv: Sequence[str] | None) -> int:
     print(
         f"{summary.done} segmented, {summary.failed} failed, {summary.skipped} already done; "
         f"{summary.cases_per_minute:.1f} cases/min over {summary.seconds:.1f} s; "
-        f"{summary.workers_replaced} workers replaced; manifest {summary.manifest[0] if summary.manifest else '-'}"
+        f"{summary.workers_replaced} workers replaced; manifest in {out}"
     )
     return 1 if missing or summary.failed else 0
 
