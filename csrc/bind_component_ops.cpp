@@ -1,12 +1,13 @@
-// Bindings of connected_components, postprocess and lesion_stats (CPU on numpy arrays, CUDA on raw device
-// pointers handed over by python/resunet_trt/_component_ops.py). Validation happens here once; the kernels
-// get plain pointers and a VolumeShape, and run with the GIL released.
+// Bindings of connected_components, postprocess and lesion_stats (CPU on numpy arrays, CUDA on CUDA array
+// objects handed over by python/resunet_trt/_component_ops.py, checked in bind_cuda_array.h). Validation happens
+// here once; the kernels get plain pointers and a VolumeShape, and run with the GIL released.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 #include <string>
 
+#include "bind_cuda_array.h"
 #include "common/macros.h"
 #include "connected_components.h"
 #include "postprocess.h"
@@ -83,51 +84,79 @@ py::dict LesionStatsCpuPy(const py::array& labels, int connectivity) {
 }
 
 #if defined(RESUNET_WITH_CUDA)
-VolumeShape ShapeFromTuple(const py::tuple& shape, const char* name) {
-  require(shape.size() == 3, std::string(name) + " must be a 3-D (D, H, W) array");
-  VolumeShape s{shape[0].cast<int64_t>(), shape[1].cast<int64_t>(), shape[2].cast<int64_t>()};
-  require(s.depth >= 0 && s.height >= 0 && s.width >= 0, std::string(name) + " has a negative extent");
-  return s;
+VolumeShape ShapeOf(const CudaArg& a) { return VolumeShape{a.shape[0], a.shape[1], a.shape[2]}; }
+
+// workspace: a C-contiguous 1-D int32 CUDA array of at least `needed` elements (the caller's allocator caches it).
+CudaArg Workspace(const py::object& workspace, int64_t needed) {
+  CudaArg w = ParseCudaArg(workspace, "workspace", {"int32"}, 1, "(n,)", true);
+  require(w.shape[0] >= needed, "workspace must hold at least " + std::to_string(needed) + " int32, got " +
+                                    std::to_string(w.shape[0]));
+  return w;
 }
 
-cudaStream_t AsStream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
-
-int64_t ConnectedComponentsCudaPy(std::uintptr_t mask, const py::tuple& shape, int connectivity,
-                                  std::uintptr_t labels, std::uintptr_t workspace, std::uintptr_t stream) {
-  const VolumeShape s = ShapeFromTuple(shape, "mask");
+int64_t ConnectedComponentsCudaPy(const py::object& mask, const py::object& labels, const py::object& workspace,
+                                  int connectivity, std::uintptr_t stream) {
+  const CudaArg in = ParseCudaArg(mask, "mask", {"uint8", "bool"}, 3, "(D, H, W)", false);
+  const CudaArg out = ParseCudaArg(labels, "labels", {"int32"}, 3, "(D, H, W)", true);
+  RequireShape(out, in.shape, "the shape of mask");
+  const CudaArg work = Workspace(workspace, in.size());
   CheckConnectivity(connectivity);
+  const VolumeShape s = ShapeOf(in);
+  CheckCudaVolumeSize(s);
+  PrepareLaunch({&in, &out, &work}, stream);
   py::gil_scoped_release release;
-  return ConnectedComponentsCuda(reinterpret_cast<const uint8_t*>(mask), s, Foreground::kNonZero, connectivity,
-                                 reinterpret_cast<int32_t*>(labels), reinterpret_cast<int32_t*>(workspace),
-                                 AsStream(stream));
+  return ConnectedComponentsCuda(static_cast<const uint8_t*>(in.data), s, Foreground::kNonZero, connectivity,
+                                 static_cast<int32_t*>(out.data), static_cast<int32_t*>(work.data), AsStream(stream));
 }
 
-void PostprocessCudaPy(std::uintptr_t labels, const py::tuple& shape, int64_t min_lesion_voxels, int connectivity,
-                       std::uintptr_t out, std::uintptr_t workspace, std::uintptr_t stream) {
-  const VolumeShape s = ShapeFromTuple(shape, "labels");
+void PostprocessCudaPy(const py::object& labels, const py::object& out, const py::object& workspace,
+                       int64_t min_lesion_voxels, int connectivity, std::uintptr_t stream) {
+  const CudaArg in = ParseCudaArg(labels, "labels", {"uint8"}, 3, "(D, H, W)", false);
+  const CudaArg dst = ParseCudaArg(out, "out", {"uint8"}, 3, "(D, H, W)", true);
+  RequireShape(dst, in.shape, "the shape of labels");
+  const CudaArg work = Workspace(workspace, 2 * in.size());
   CheckConnectivity(connectivity);
   CheckMinLesionVoxels(min_lesion_voxels);
+  const VolumeShape s = ShapeOf(in);
+  CheckCudaVolumeSize(s);
+  PrepareLaunch({&in, &dst, &work}, stream);
   py::gil_scoped_release release;
-  PostprocessCuda(reinterpret_cast<const uint8_t*>(labels), s, min_lesion_voxels, connectivity,
-                  reinterpret_cast<uint8_t*>(out), reinterpret_cast<int32_t*>(workspace), AsStream(stream));
+  PostprocessCuda(static_cast<const uint8_t*>(in.data), s, min_lesion_voxels, connectivity,
+                  static_cast<uint8_t*>(dst.data), static_cast<int32_t*>(work.data), AsStream(stream));
 }
 
-int64_t TumorComponentsCudaPy(std::uintptr_t labels, const py::tuple& shape, int connectivity,
-                              std::uintptr_t components, std::uintptr_t workspace, std::uintptr_t stream) {
-  const VolumeShape s = ShapeFromTuple(shape, "labels");
+int64_t TumorComponentsCudaPy(const py::object& labels, const py::object& components, const py::object& workspace,
+                              int connectivity, std::uintptr_t stream) {
+  const CudaArg in = ParseCudaArg(labels, "labels", {"uint8"}, 3, "(D, H, W)", false);
+  const CudaArg out = ParseCudaArg(components, "components", {"int32"}, 3, "(D, H, W)", true);
+  RequireShape(out, in.shape, "the shape of labels");
+  const CudaArg work = Workspace(workspace, in.size());
   CheckConnectivity(connectivity);
+  const VolumeShape s = ShapeOf(in);
+  CheckCudaVolumeSize(s);
+  PrepareLaunch({&in, &out, &work}, stream);
   py::gil_scoped_release release;
-  return ConnectedComponentsCuda(reinterpret_cast<const uint8_t*>(labels), s, Foreground::kTumor, connectivity,
-                                 reinterpret_cast<int32_t*>(components), reinterpret_cast<int32_t*>(workspace),
-                                 AsStream(stream), 2);
+  return ConnectedComponentsCuda(static_cast<const uint8_t*>(in.data), s, Foreground::kTumor, connectivity,
+                                 static_cast<int32_t*>(out.data), static_cast<int32_t*>(work.data), AsStream(stream),
+                                 2);
 }
 
-void ComponentStatsCudaPy(std::uintptr_t components, const py::tuple& shape, int64_t count, std::uintptr_t voxels,
-                          std::uintptr_t bbox, std::uintptr_t centroid, std::uintptr_t stream) {
-  const VolumeShape s = ShapeFromTuple(shape, "component_labels");
+void ComponentStatsCudaPy(const py::object& components, int64_t count, const py::object& voxels,
+                          const py::object& bbox, const py::object& centroid, std::uintptr_t stream) {
+  const CudaArg comp = ParseCudaArg(components, "components", {"int32"}, 3, "(D, H, W)", false);
+  require(count >= 0, "count must be >= 0, got " + std::to_string(count));
+  const CudaArg vox = ParseCudaArg(voxels, "voxels", {"int64"}, 1, "(n,)", true);
+  const CudaArg box = ParseCudaArg(bbox, "bbox", {"int64"}, 2, "(n, 6)", true);
+  const CudaArg cen = ParseCudaArg(centroid, "centroid", {"float64"}, 2, "(n, 3)", true);
+  RequireShape(vox, {count}, "one row per component");
+  RequireShape(box, {count, 6}, "one row per component");
+  RequireShape(cen, {count, 3}, "one row per component");
+  const VolumeShape s = ShapeOf(comp);
+  CheckCudaVolumeSize(s);
+  PrepareLaunch({&comp, &vox, &box, &cen}, stream);
   py::gil_scoped_release release;
-  ComponentStatsCuda(reinterpret_cast<const int32_t*>(components), s, count, reinterpret_cast<int64_t*>(voxels),
-                     reinterpret_cast<int64_t*>(bbox), reinterpret_cast<double*>(centroid), AsStream(stream));
+  ComponentStatsCuda(static_cast<const int32_t*>(comp.data), s, count, static_cast<int64_t*>(vox.data),
+                     static_cast<int64_t*>(box.data), static_cast<double*>(cen.data), AsStream(stream));
 }
 #endif
 
@@ -142,19 +171,22 @@ void bind_component_ops(py::module_& m) {
   m.def("lesion_stats_cpu", &LesionStatsCpuPy, py::arg("labels"), py::arg("connectivity"),
         "Tumor components (label == 2): dict of count, voxels, bbox, centroid, component_labels.");
 #if defined(RESUNET_WITH_CUDA)
-  m.def("connected_components_cuda", &ConnectedComponentsCudaPy, py::arg("mask_ptr"), py::arg("shape"),
-        py::arg("connectivity"), py::arg("labels_ptr"), py::arg("workspace_ptr"), py::arg("stream"),
-        "CUDA connected components on device pointers; returns the count (one stream synchronisation).");
-  m.def("postprocess_cuda", &PostprocessCudaPy, py::arg("labels_ptr"), py::arg("shape"),
-        py::arg("min_lesion_voxels"), py::arg("connectivity"), py::arg("out_ptr"), py::arg("workspace_ptr"),
-        py::arg("stream"),
-        "CUDA postprocess on device pointers (one stream synchronisation to report invalid values).");
-  m.def("tumor_components_cuda", &TumorComponentsCudaPy, py::arg("labels_ptr"), py::arg("shape"),
-        py::arg("connectivity"), py::arg("components_ptr"), py::arg("workspace_ptr"), py::arg("stream"),
-        "CUDA components of label == 2 (values > 2 rejected); returns the count (one synchronisation).");
-  m.def("component_stats_cuda", &ComponentStatsCudaPy, py::arg("components_ptr"), py::arg("shape"),
-        py::arg("count"), py::arg("voxels_ptr"), py::arg("bbox_ptr"), py::arg("centroid_ptr"), py::arg("stream"),
-        "Per-component voxels, bbox and centroid from a raster-ordered component label volume (no sync).");
+  m.def("connected_components_cuda", &ConnectedComponentsCudaPy, py::arg("mask"), py::arg("labels"),
+        py::arg("workspace"), py::arg("connectivity"), py::arg("stream"),
+        "CUDA connected components: mask (D, H, W) uint8/bool -> labels int32 (D, H, W), workspace int32 (>= D*H*W); "
+        "C-contiguous CUDA arrays on the current device. Returns the count (one stream synchronisation).");
+  m.def("postprocess_cuda", &PostprocessCudaPy, py::arg("labels"), py::arg("out"), py::arg("workspace"),
+        py::arg("min_lesion_voxels"), py::arg("connectivity"), py::arg("stream"),
+        "CUDA postprocess: labels (D, H, W) uint8 -> out uint8, workspace int32 (>= 2*D*H*W); one stream "
+        "synchronisation to report invalid values.");
+  m.def("tumor_components_cuda", &TumorComponentsCudaPy, py::arg("labels"), py::arg("components"),
+        py::arg("workspace"), py::arg("connectivity"), py::arg("stream"),
+        "CUDA components of label == 2 (values > 2 rejected): components int32 (D, H, W); returns the count "
+        "(one synchronisation).");
+  m.def("component_stats_cuda", &ComponentStatsCudaPy, py::arg("components"), py::arg("count"), py::arg("voxels"),
+        py::arg("bbox"), py::arg("centroid"), py::arg("stream"),
+        "Per-component voxels (n,) int64, bbox (n, 6) int64 and centroid (n, 3) float64 from a raster-ordered "
+        "component label volume (no sync).");
 #endif
 }
 

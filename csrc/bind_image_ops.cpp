@@ -1,5 +1,5 @@
-// Bindings of the image ops: preprocess and logits_to_labels (CPU on numpy arrays, CUDA on raw
-// device pointers handed over by python/resunet_trt/_image_ops.py).
+// Bindings of the image ops: preprocess and logits_to_labels (CPU on numpy arrays, CUDA on CUDA array
+// objects handed over by python/resunet_trt/_image_ops.py, checked in bind_cuda_array.h).
 //
 // The Python layer validates user arguments with friendly messages and makes arrays C-contiguous;
 // this layer checks again what memory safety depends on (ndim, dtype, contiguity, sizes), allocates
@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "bind_cuda_array.h"
 #include "logits_to_labels.h"
 #include "preprocess.h"
 
@@ -130,22 +131,17 @@ py::array LogitsToLabelsCpuBinding(const py::array& logits, int out_height, int 
 }
 
 #if defined(RESUNET_WITH_CUDA)
-VolumeType ParseVolumeType(const std::string& dtype) {
-  if (dtype == "int16") return VolumeType::kInt16;
-  if (dtype == "float32") return VolumeType::kFloat32;
-  throw py::type_error("volume must be int16 or float32, got " + dtype);
-}
-
-void PreprocessCudaBinding(std::uintptr_t volume, const std::string& volume_dtype, int depth, int height, int width,
-                           std::uintptr_t out, const std::string& dtype, float lo, float hi, int out_height,
-                           int out_width, int context, int start, int stop, std::uintptr_t stream, float step_y,
-                           float step_x, float origin_y, float origin_x, float slice_step) {
+void PreprocessCudaBinding(const py::object& volume, const py::object& out, float lo, float hi, int context,
+                           int start, int stop, std::uintptr_t stream, float step_y, float step_x, float origin_y,
+                           float origin_x, float slice_step) {
+  const CudaArg vol = ParseCudaArg(volume, "volume", {"int16", "float32"}, 3, "(D, H, W)", false);
+  const CudaArg dst = ParseCudaArg(out, "out", {"float16", "float32"}, 4, "(N, K, h, w)", true);
   PreprocessArgs args;
-  args.depth = depth;
-  args.height = height;
-  args.width = width;
-  args.out_height = out_height;
-  args.out_width = out_width;
+  args.depth = CheckedDim(vol.shape[0], "volume");
+  args.height = CheckedDim(vol.shape[1], "volume");
+  args.width = CheckedDim(vol.shape[2], "volume");
+  args.out_height = CheckedDim(dst.shape[2], "out");
+  args.out_width = CheckedDim(dst.shape[3], "out");
   args.context = context;
   args.start = start;
   args.stop = stop;
@@ -156,40 +152,37 @@ void PreprocessCudaBinding(std::uintptr_t volume, const std::string& volume_dtyp
   args.origin_y = origin_y;
   args.origin_x = origin_x;
   args.slice_step = slice_step;
-  const VolumeType volume_type = ParseVolumeType(volume_dtype);
-  const PlaneType plane_type = ParsePlaneType(dtype);
   CheckPreprocessArgs(args);
+  RequireShape(dst, {static_cast<int64_t>(stop) - start, context, dst.shape[2], dst.shape[3]},
+               "stop - start slices of context channels");
+  const VolumeType volume_type = vol.dtype == "int16" ? VolumeType::kInt16 : VolumeType::kFloat32;
+  const PlaneType plane_type = dst.dtype == "float16" ? PlaneType::kFloat16 : PlaneType::kFloat32;
+  PrepareLaunch({&vol, &dst}, stream);
   py::gil_scoped_release release;
-  PreprocessCuda(reinterpret_cast<const void*>(volume), volume_type, reinterpret_cast<void*>(out), plane_type, args,
-                 reinterpret_cast<cudaStream_t>(stream));
+  PreprocessCuda(vol.data, volume_type, dst.data, plane_type, args, AsStream(stream));
 }
 
-void LogitsToLabelsCudaBinding(std::uintptr_t logits, const std::string& logits_dtype, int batch, int classes,
-                               int height, int width, std::uintptr_t labels, int out_height, int out_width,
-                               std::uintptr_t stream, float step_y, float step_x, float origin_y, float origin_x) {
-  LogitsType logits_type;
-  if (logits_dtype == "float32") {
-    logits_type = LogitsType::kFloat32;
-  } else if (logits_dtype == "float16") {
-    logits_type = LogitsType::kFloat16;
-  } else {
-    throw py::type_error("logits must be float16 or float32, got " + logits_dtype);
-  }
+void LogitsToLabelsCudaBinding(const py::object& logits, const py::object& labels, std::uintptr_t stream,
+                               float step_y, float step_x, float origin_y, float origin_x) {
+  const CudaArg src = ParseCudaArg(logits, "logits", {"float16", "float32"}, 4, "(N, C, h, w)", false);
+  const CudaArg dst = ParseCudaArg(labels, "labels", {"uint8"}, 3, "(N, H, W)", true);
   LogitsToLabelsArgs args;
-  args.batch = batch;
-  args.classes = classes;
-  args.height = height;
-  args.width = width;
-  args.out_height = out_height;
-  args.out_width = out_width;
+  args.batch = CheckedDim(src.shape[0], "logits");
+  args.classes = CheckedDim(src.shape[1], "logits");
+  args.height = CheckedDim(src.shape[2], "logits");
+  args.width = CheckedDim(src.shape[3], "logits");
+  args.out_height = CheckedDim(dst.shape[1], "labels");
+  args.out_width = CheckedDim(dst.shape[2], "labels");
   args.step_y = step_y;
   args.step_x = step_x;
   args.origin_y = origin_y;
   args.origin_x = origin_x;
   CheckLogitsToLabelsArgs(args);
+  RequireShape(dst, {src.shape[0], dst.shape[1], dst.shape[2]}, "one label map per logits sample");
+  const LogitsType logits_type = src.dtype == "float16" ? LogitsType::kFloat16 : LogitsType::kFloat32;
+  PrepareLaunch({&src, &dst}, stream);
   py::gil_scoped_release release;
-  LogitsToLabelsCuda(reinterpret_cast<const void*>(logits), logits_type, reinterpret_cast<std::uint8_t*>(labels),
-                     args, reinterpret_cast<cudaStream_t>(stream));
+  LogitsToLabelsCuda(src.data, logits_type, static_cast<std::uint8_t*>(dst.data), args, AsStream(stream));
 }
 #endif
 
@@ -208,17 +201,18 @@ void bind_image_ops(py::module_& m) {
         "Bilinear resample fused with argmax on the CPU: logits (N, C, h, w) float16/float32, C-contiguous -> "
         "uint8 (N, out_height, out_width). step/origin: preprocess's mapping, inverted; step 0: torch's.");
 #if defined(RESUNET_WITH_CUDA)
-  m.def("preprocess_cuda", &PreprocessCudaBinding, py::arg("volume_ptr"), py::arg("volume_dtype"),
-        py::arg("depth"), py::arg("height"), py::arg("width"), py::arg("out_ptr"), py::arg("dtype"), py::arg("lo"),
-        py::arg("hi"), py::arg("out_height"), py::arg("out_width"), py::arg("context"), py::arg("start"),
-        py::arg("stop"), py::arg("stream"), py::arg("step_y") = 0.0f, py::arg("step_x") = 0.0f,
-        py::arg("origin_y") = 0.0f, py::arg("origin_x") = 0.0f, py::arg("slice_step") = 1.0f,
-        "preprocess on device pointers (C-contiguous), enqueued on `stream` (a cudaStream_t as int).");
-  m.def("logits_to_labels_cuda", &LogitsToLabelsCudaBinding, py::arg("logits_ptr"), py::arg("logits_dtype"),
-        py::arg("batch"), py::arg("classes"), py::arg("height"), py::arg("width"), py::arg("labels_ptr"),
-        py::arg("out_height"), py::arg("out_width"), py::arg("stream"), py::arg("step_y") = 0.0f,
-        py::arg("step_x") = 0.0f, py::arg("origin_y") = 0.0f, py::arg("origin_x") = 0.0f,
-        "logits_to_labels on device pointers (C-contiguous), enqueued on `stream` (a cudaStream_t as int).");
+  m.def("preprocess_cuda", &PreprocessCudaBinding, py::arg("volume"), py::arg("out"), py::arg("lo"),
+        py::arg("hi"), py::arg("context"), py::arg("start"), py::arg("stop"), py::arg("stream"),
+        py::arg("step_y") = 0.0f, py::arg("step_x") = 0.0f, py::arg("origin_y") = 0.0f, py::arg("origin_x") = 0.0f,
+        py::arg("slice_step") = 1.0f,
+        "preprocess on CUDA arrays: volume (D, H, W) int16/float32 -> out (stop - start, K, h, w) float16/float32, "
+        "both C-contiguous on the current device; enqueued on `stream` (a cudaStream_t as int) after the "
+        "arrays' producer streams.");
+  m.def("logits_to_labels_cuda", &LogitsToLabelsCudaBinding, py::arg("logits"), py::arg("labels"),
+        py::arg("stream"), py::arg("step_y") = 0.0f, py::arg("step_x") = 0.0f, py::arg("origin_y") = 0.0f,
+        py::arg("origin_x") = 0.0f,
+        "logits_to_labels on CUDA arrays: logits (N, C, h, w) float16/float32 -> labels (N, H, W) uint8, both "
+        "C-contiguous on the current device; enqueued on `stream` after the arrays' producer streams.");
 #endif
 }
 

@@ -15,10 +15,11 @@ from typing import Any, TypedDict
 import numpy as np
 
 from ._device import (
-    as_cupy,
     as_numpy,
     core,
-    cuda_ptr,
+    cuda_device_of,
+    cuda_layout,
+    cuda_operand,
     cupy,
     current_stream_ptr,
     is_cuda_array,
@@ -84,12 +85,11 @@ def _host_volume(x: Any, name: str, allow_bool: bool) -> np.ndarray:
     return np.ascontiguousarray(arr).view(np.uint8)
 
 
-def _device_volume(x: Any, name: str, allow_bool: bool):
-    """C-contiguous uint8 (D, H, W) CuPy view/copy of a CUDA array (copy on the current stream)."""
-    cp = cupy()
-    arr = as_cupy(x)
-    _check_layout(arr.shape, arr.dtype, name, allow_bool)
-    return cp.ascontiguousarray(arr).view(cp.uint8)
+def _device_layout(x: Any, name: str, allow_bool: bool) -> tuple[tuple[int, int, int], np.dtype]:
+    """Shape and dtype of a CUDA (D, H, W) array, checked (no CuPy needed)."""
+    layout = cuda_layout(x, name)
+    _check_layout(layout.shape, layout.dtype, name, allow_bool)
+    return (int(layout.shape[0]), int(layout.shape[1]), int(layout.shape[2])), layout.dtype
 
 
 def connected_components(mask: Any, *, connectivity: int = 26) -> tuple[Any, int]:
@@ -112,18 +112,15 @@ def connected_components(mask: Any, *, connectivity: int = 26) -> tuple[Any, int
     connectivity = _check_connectivity(connectivity)
     if is_cuda_array(mask):
         mod = require_cuda_build("connected_components")
+        shape, dtype = _device_layout(mask, "mask", allow_bool=True)
         cp = cupy()
-        vol = _device_volume(mask, "mask", allow_bool=True)
-        labels = cp.empty(vol.shape, dtype=cp.int32)
-        work = cp.empty(vol.size, dtype=cp.int32)  # from CuPy's pool, reused across calls
-        count = mod.connected_components_cuda(
-            cuda_ptr(vol),
-            tuple(vol.shape),
-            connectivity,
-            cuda_ptr(labels),
-            cuda_ptr(work),
-            current_stream_ptr(),
-        )
+        with cp.cuda.Device(cuda_device_of(mask)):
+            vol = cuda_operand(mask, dtype, "mask")  # bool masks go in as they are: nonzero is foreground
+            labels = cp.empty(shape, dtype=cp.int32)
+            work = cp.empty(labels.size, dtype=cp.int32)  # from CuPy's pool, reused across calls
+            count = mod.connected_components_cuda(
+                mask=vol, labels=labels, workspace=work, connectivity=connectivity, stream=current_stream_ptr()
+            )
         return labels, int(count)
     vol = _host_volume(mask, "mask", allow_bool=True)
     labels, count = core().connected_components_cpu(vol, connectivity)
@@ -160,19 +157,20 @@ def postprocess(labels: Any, *, min_lesion_voxels: int = 10, connectivity: int =
     min_lesion_voxels = _check_min_lesion_voxels(min_lesion_voxels)
     if is_cuda_array(labels):
         mod = require_cuda_build("postprocess")
+        shape, dtype = _device_layout(labels, "labels", allow_bool=False)
         cp = cupy()
-        vol = _device_volume(labels, "labels", allow_bool=False)
-        out = cp.empty(vol.shape, dtype=cp.uint8)
-        work = cp.empty(2 * vol.size, dtype=cp.int32)
-        mod.postprocess_cuda(
-            cuda_ptr(vol),
-            tuple(vol.shape),
-            min_lesion_voxels,
-            connectivity,
-            cuda_ptr(out),
-            cuda_ptr(work),
-            current_stream_ptr(),
-        )
+        with cp.cuda.Device(cuda_device_of(labels)):
+            vol = cuda_operand(labels, dtype, "labels")
+            out = cp.empty(shape, dtype=cp.uint8)
+            work = cp.empty(2 * out.size, dtype=cp.int32)
+            mod.postprocess_cuda(
+                labels=vol,
+                out=out,
+                workspace=work,
+                min_lesion_voxels=min_lesion_voxels,
+                connectivity=connectivity,
+                stream=current_stream_ptr(),
+            )
         return out
     vol = _host_volume(labels, "labels", allow_bool=False)
     return core().postprocess_cpu(vol, min_lesion_voxels, connectivity)
@@ -201,30 +199,31 @@ def lesion_stats(labels: Any, *, connectivity: int = 26) -> LesionStats:
     connectivity = _check_connectivity(connectivity)
     if is_cuda_array(labels):
         mod = require_cuda_build("lesion_stats")
+        shape, dtype = _device_layout(labels, "labels", allow_bool=False)
         cp = cupy()
-        vol = _device_volume(labels, "labels", allow_bool=False)
-        components = cp.empty(vol.shape, dtype=cp.int32)
-        stream = current_stream_ptr()
-        work = cp.empty(vol.size, dtype=cp.int32)
-        count = int(
-            mod.tumor_components_cuda(
-                cuda_ptr(vol), tuple(vol.shape), connectivity, cuda_ptr(components), cuda_ptr(work), stream
+        with cp.cuda.Device(cuda_device_of(labels)):
+            vol = cuda_operand(labels, dtype, "labels")
+            components = cp.empty(shape, dtype=cp.int32)
+            stream = current_stream_ptr()
+            work = cp.empty(components.size, dtype=cp.int32)
+            count = int(
+                mod.tumor_components_cuda(
+                    labels=vol, components=components, workspace=work, connectivity=connectivity, stream=stream
+                )
             )
-        )
-        del work
-        voxels = cp.zeros((count,), dtype=cp.int64)
-        bbox = cp.zeros((count, 6), dtype=cp.int64)
-        centroid = cp.zeros((count, 3), dtype=cp.float64)
-        if count > 0:
-            mod.component_stats_cuda(
-                cuda_ptr(components),
-                tuple(vol.shape),
-                count,
-                cuda_ptr(voxels),
-                cuda_ptr(bbox),
-                cuda_ptr(centroid),
-                stream,
-            )
+            del work
+            voxels = cp.zeros((count,), dtype=cp.int64)
+            bbox = cp.zeros((count, 6), dtype=cp.int64)
+            centroid = cp.zeros((count, 3), dtype=cp.float64)
+            if count > 0:
+                mod.component_stats_cuda(
+                    components=components,
+                    count=count,
+                    voxels=voxels,
+                    bbox=bbox,
+                    centroid=centroid,
+                    stream=stream,
+                )
         return LesionStats(
             count=count, voxels=voxels, bbox=bbox, centroid=centroid, component_labels=components
         )

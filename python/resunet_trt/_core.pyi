@@ -26,30 +26,23 @@ def connected_components_cpu(mask: np.ndarray, connectivity: int) -> tuple[np.nd
 def postprocess_cpu(labels: np.ndarray, min_lesion_voxels: int, connectivity: int) -> np.ndarray: ...
 def lesion_stats_cpu(labels: np.ndarray, connectivity: int) -> dict[str, Any]: ...
 
-# CUDA ops (CUDA builds only): raw device pointers and a cudaStream_t handle, all ints.
+# CUDA ops (CUDA builds only): CUDA array objects (__cuda_array_interface__: CuPy, PyTorch, Numba), checked for
+# dtype, shape, C-contiguity and device; `stream` is the cudaStream_t (as an int) the op is enqueued on, after the
+# stream each array names (interface v3).
 def preprocess_cuda(
-    volume_ptr: int, volume_dtype: str, depth: int, height: int, width: int, out_ptr: int, dtype: str,
-    lo: float, hi: float, out_height: int, out_width: int, context: int, start: int, stop: int, stream: int,
+    volume: Any, out: Any, lo: float, hi: float, context: int, start: int, stop: int, stream: int,
     step_y: float = 0.0, step_x: float = 0.0, origin_y: float = 0.0, origin_x: float = 0.0,
     slice_step: float = 1.0,
 ) -> None: ...
 def logits_to_labels_cuda(
-    logits_ptr: int, logits_dtype: str, batch: int, classes: int, height: int, width: int, labels_ptr: int,
-    out_height: int, out_width: int, stream: int, step_y: float = 0.0, step_x: float = 0.0,
-    origin_y: float = 0.0, origin_x: float = 0.0,
+    logits: Any, labels: Any, stream: int, step_y: float = 0.0, step_x: float = 0.0, origin_y: float = 0.0,
+    origin_x: float = 0.0,
 ) -> None: ...
-def connected_components_cuda(
-    mask_ptr: int, shape: tuple[int, int, int], connectivity: int, labels_ptr: int, workspace_ptr: int, stream: int,
-) -> int: ...
+def connected_components_cuda(mask: Any, labels: Any, workspace: Any, connectivity: int, stream: int) -> int: ...
 def postprocess_cuda(
-    labels_ptr: int, shape: tuple[int, int, int], min_lesion_voxels: int, connectivity: int, out_ptr: int,
-    workspace_ptr: int, stream: int,
+    labels: Any, out: Any, workspace: Any, min_lesion_voxels: int, connectivity: int, stream: int,
 ) -> None: ...
-def tumor_components_cuda(
-    labels_ptr: int, shape: tuple[int, int, int], connectivity: int, components_ptr: int, workspace_ptr: int,
-    stream: int,
-) -> int: ...
+def tumor_components_cuda(labels: Any, components: Any, workspace: Any, connectivity: int, stream: int) -> int: ...
 def component_stats_cuda(
-    components_ptr: int, shape: tuple[int, int, int], count: int, voxels_ptr: int, bbox_ptr: int,
-    centroid_ptr: int, stream: int,
+    components: Any, count: int, voxels: Any, bbox: Any, centroid: Any, stream: int,
 ) -> None: ...

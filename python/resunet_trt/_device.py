@@ -1,12 +1,15 @@
-"""Array plumbing shared by the ops: where an array lives, raw pointers, the caller's CUDA stream.
+"""Array plumbing shared by the ops: where an array lives, its layout, the caller's CUDA stream.
 
 numpy arrays (and anything with the buffer protocol) run on the CPU. Arrays that expose
 ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors, Numba) run on the GPU; results come back
-as CuPy arrays on the caller's current CuPy stream.
+as CuPy arrays on the caller's current CuPy stream. The GPU ops run on the array's own device and hand
+array objects (never raw pointers) to the compiled bindings, which check dtype, shape, contiguity, device and
+the producer's stream again (csrc/bind_cuda_array.h).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,9 +68,73 @@ def current_stream_ptr() -> int:
     return int(cp.cuda.get_current_stream().ptr)
 
 
-def cuda_ptr(x: Any) -> int:
-    """Device pointer of a CUDA array."""
-    return int(x.__cuda_array_interface__["data"][0])
+@dataclass(frozen=True)
+class CudaLayout:
+    """What ``__cuda_array_interface__`` says about a CUDA array.
+
+    Attributes:
+        shape: the extents.
+        dtype: the element type.
+        contiguous: C-contiguous (extents of 1 may have any stride).
+        ptr: the device pointer (0 for some empty arrays).
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    contiguous: bool
+    ptr: int
+
+
+def cuda_layout(x: Any, name: str) -> CudaLayout:
+    """Shape, dtype, contiguity and pointer of a CUDA array, read from its interface (no CuPy needed).
+
+    Raises:
+        TypeError: when ``x`` has no usable ``__cuda_array_interface__`` or an unknown typestr.
+    """
+    cai = getattr(x, "__cuda_array_interface__", None)
+    if not isinstance(cai, dict) or not {"shape", "typestr", "data"} <= cai.keys():
+        raise TypeError(
+            f"{name} must be a CUDA array with a __cuda_array_interface__ dict (shape, typestr, data), "
+            f"got {type(x).__name__}"
+        )
+    try:
+        shape = tuple(int(s) for s in cai["shape"])
+        dtype = np.dtype(cai["typestr"])
+        ptr = int(cai["data"][0])
+    except (TypeError, ValueError, IndexError) as exc:
+        raise TypeError(f"{name}: malformed __cuda_array_interface__ ({exc})") from exc
+    strides = cai.get("strides")
+    contiguous = True
+    if strides is not None:
+        expected = dtype.itemsize
+        for extent, stride in zip(reversed(shape), reversed(tuple(strides))):
+            if extent > 1 and int(stride) != expected:
+                contiguous = False
+            expected *= extent
+    return CudaLayout(shape=shape, dtype=dtype, contiguous=contiguous, ptr=ptr)
+
+
+def cuda_device_of(x: Any) -> int:
+    """The CUDA device that holds ``x`` (the current device for an empty array without a pointer)."""
+    cp = cupy()
+    if isinstance(x, cp.ndarray):
+        return int(x.device.id)
+    ptr = cuda_layout(x, "array").ptr
+    if ptr == 0:
+        return int(cp.cuda.runtime.getDevice())
+    return int(cp.cuda.runtime.pointerGetAttributes(ptr).device)
+
+
+def cuda_operand(x: Any, dtype: np.dtype, name: str) -> Any:
+    """``x`` itself when it is C-contiguous ``dtype`` already, else a C-contiguous CuPy copy of that dtype.
+
+    Passing ``x`` itself lets the binding order the op after the stream ``x`` names (interface v3) on the device,
+    without the host synchronisation CuPy does when it imports a foreign array. Call inside the array's device.
+    """
+    layout = cuda_layout(x, name)
+    if layout.contiguous and layout.dtype == dtype:
+        return x
+    return cupy().ascontiguousarray(as_cupy(x), dtype=dtype)
 
 
 def as_numpy(x: Any, name: str) -> np.ndarray:

@@ -237,20 +237,21 @@ def preprocess(
     on_gpu = _device.is_cuda_array(volume)
     if on_gpu:
         core = _device.require_cuda_build("preprocess")
-        cp = _device.cupy()
-        vol = _device.as_cupy(volume)
+        layout = _device.cuda_layout(volume, "volume")
+        shape, in_dtype = layout.shape, layout.dtype
     else:
         core = _device.core()
         vol = _device.as_numpy(volume, "volume")
-    _check_shape(vol.shape, 3, "(D, H, W)", "volume")
-    vol_dtype = _check_dtype(vol.dtype, _VOLUME_DTYPES, "volume")
-    depth = int(vol.shape[0])
+        shape, in_dtype = vol.shape, vol.dtype
+    _check_shape(shape, 3, "(D, H, W)", "volume")
+    vol_dtype = _check_dtype(in_dtype, _VOLUME_DTYPES, "volume")
+    depth = int(shape[0])
     stop = depth if stop is None else _int_arg(stop, "stop")
     if not 0 <= start < depth:
         raise ValueError(f"start must satisfy 0 <= start < D = {depth}, got {start}")
     if not start < stop <= depth:
         raise ValueError(f"stop must satisfy start < stop <= D (start={start}, D={depth}), got {stop}")
-    plane = (int(vol.shape[1]), int(vol.shape[2]))
+    plane = (int(shape[1]), int(shape[2]))
     step_y, step_x, origin_y, origin_x = _kernel_mapping(step, origin, plane, (h, w))
     mapping = {"step_y": step_y, "step_x": step_x, "origin_y": origin_y, "origin_x": origin_x}
     mapping["slice_step"] = slice_step
@@ -259,26 +260,20 @@ def preprocess(
         vol = np.ascontiguousarray(vol, dtype=vol_dtype)
         return core.preprocess_cpu(vol, lo, hi, h, w, context, plane_dtype, start, stop, **mapping)
 
-    with cp.cuda.Device(vol.device.id):
-        vol = cp.ascontiguousarray(vol, dtype=vol_dtype)
+    cp = _device.cupy()
+    with cp.cuda.Device(_device.cuda_device_of(volume)):
+        vol = _device.cuda_operand(volume, vol_dtype, "volume")
         if vol_dtype == np.float32:
             first, last = _slices_read(start, stop, context, slice_step, depth)
-            read = vol[first : last + 1]
+            read = _device.as_cupy(vol)[first : last + 1]
             if not bool(cp.isfinite(read).all()):
                 raise ValueError("volume must be finite HU, got NaN or Inf")
         out = cp.empty((stop - start, context, h, w), dtype=_PLANE_DTYPES[plane_dtype])
         core.preprocess_cuda(
-            volume_ptr=_device.cuda_ptr(vol),
-            volume_dtype=vol_dtype.name,
-            depth=depth,
-            height=int(vol.shape[1]),
-            width=int(vol.shape[2]),
-            out_ptr=_device.cuda_ptr(out),
-            dtype=plane_dtype,
+            volume=vol,
+            out=out,
             lo=lo,
             hi=hi,
-            out_height=h,
-            out_width=w,
             context=context,
             start=start,
             stop=stop,
@@ -330,14 +325,15 @@ def logits_to_labels(
     on_gpu = _device.is_cuda_array(logits)
     if on_gpu:
         core = _device.require_cuda_build("logits_to_labels")
-        cp = _device.cupy()
-        arr = _device.as_cupy(logits)
+        layout = _device.cuda_layout(logits, "logits")
+        shape, in_dtype = layout.shape, layout.dtype
     else:
         core = _device.core()
         arr = _device.as_numpy(logits, "logits")
-    _check_shape(arr.shape, 4, "(N, C, h, w)", "logits")
-    arr_dtype = _check_dtype(arr.dtype, _LOGITS_DTYPES, "logits")
-    n, c, h, w = (int(s) for s in arr.shape)
+        shape, in_dtype = arr.shape, arr.dtype
+    _check_shape(shape, 4, "(N, C, h, w)", "logits")
+    arr_dtype = _check_dtype(in_dtype, _LOGITS_DTYPES, "logits")
+    n, c, h, w = (int(s) for s in shape)
     if c > 256:
         raise ValueError(f"logits must have at most 256 classes (labels are uint8), got C = {c}")
     step_y, step_x, origin_y, origin_x = _kernel_mapping(step, origin, (out_h, out_w), (h, w))
@@ -347,21 +343,12 @@ def logits_to_labels(
         arr = np.ascontiguousarray(arr, dtype=arr_dtype)
         return core.logits_to_labels_cpu(arr, out_h, out_w, **mapping)
 
-    with cp.cuda.Device(arr.device.id):
-        arr = cp.ascontiguousarray(arr, dtype=arr_dtype)
+    cp = _device.cupy()
+    with cp.cuda.Device(_device.cuda_device_of(logits)):
+        arr = _device.cuda_operand(logits, arr_dtype, "logits")
         labels = cp.empty((n, out_h, out_w), dtype=cp.uint8)
         core.logits_to_labels_cuda(
-            logits_ptr=_device.cuda_ptr(arr),
-            logits_dtype=arr_dtype.name,
-            batch=n,
-            classes=c,
-            height=h,
-            width=w,
-            labels_ptr=_device.cuda_ptr(labels),
-            out_height=out_h,
-            out_width=out_w,
-            stream=_device.current_stream_ptr(),
-            **mapping,
+            logits=arr, labels=labels, stream=_device.current_stream_ptr(), **mapping
         )
     return labels
 

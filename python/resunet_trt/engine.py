@@ -12,7 +12,9 @@ the model metadata of its ONNX. So every ``model.plan`` gets a sidecar ``model.p
      "input_name": "input", "output_name": "logits", "onnx_sha256": "...", "created_utc": "..."}
 
 and :func:`load_engine` refuses a plan whose bytes, TensorRT version (major.minor.patch) or compute capability do not
-match, with a message that says what to rebuild. Everything except :func:`build_engine` and :func:`load_engine`
+match, with a message that says what to rebuild. :func:`cached_engine` builds a plan once per ONNX sha256, TensorRT
+release, compute capability and profile into a user cache folder and reuses it (what ``Segmenter()`` does on a GPU).
+An ONNX with a dynamic plane (models with ``pixel_mm``) gets a plane range in the profile (:class:`PlaneProfile`). Everything except :func:`build_engine` and :func:`load_engine`
 is plain Python (sidecar I/O and checks, profile shapes, version parsing) and is tested without TensorRT; tensorrt
 is imported lazily.
 """
