@@ -1,9 +1,9 @@
-"""Cohort throughput: ``run_cohort`` on a local Ray instance against a plain loop over ``Segmenter.segment_files``.
+"""Cohort throughput: ``run_cohort`` on a local Ray instance against a plain ``Segmenter.segment_files`` loop.
 
-The same cases (the real CT of tests/data, each copied ``--copies`` times into its own folder), the same model and
-the same outputs (mask, report; a DICOM-SEG for the DICOM series) go through both paths, alternately,
+The same cases (the real CT of tests/data, each copied ``--copies`` times into its own folder), the same model
+and the same outputs (mask, report; a DICOM-SEG for the DICOM series) go through both paths, alternately,
 ``--repeats`` times. Each timing includes loading the model once (the loop's Segmenter, the Ray worker) and
-writing every output; the Ray instance is started once beforehand and its start is reported on its own. The Ray
+writing every output; the Ray instance is started once beforehand and its start is reported apart. The Ray
 overhead per case is (median Ray time - median loop time) / cases, and again without the one-off starts (model
 load; Ray worker process start). Both paths write the same masks (checked; same inference threads).
 
@@ -12,7 +12,7 @@ Examples::
     nice -n 10 python benchmarks/bench_cohort.py                     # bundled model, CPU, 2 copies, 3 repeats
     python benchmarks/bench_cohort.py --copies 4 --workers 2 --cpus-per-worker 4
 
-Results go to benchmarks/results/cohort_<device>.json, with the machine, its load before and after, and versions.
+Results go to benchmarks/results/cohort_<device>.json, with the machine, its load before and after, versions.
 """
 
 from __future__ import annotations
@@ -64,14 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model file (default: the bundled model)")
     parser.add_argument("--device", default="cpu", help="cpu (GPU runs: cuda, on a machine with one)")
     parser.add_argument("--backend", default="auto")
-    parser.add_argument("--copies", type=int, default=2, help="copies of the four test cases (default 2: 8 cases)")
+    parser.add_argument("--copies", type=int, default=2, help="copies of the 4 test cases (2: 8 cases)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray instance")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument(
-        "--cpus-per-worker", type=int, default=None, help="default: all CPUs (one worker, as many threads as the loop)"
+        "--cpus-per-worker",
+        type=int,
+        default=None,
+        help="default: all CPUs (one worker, as many threads as the loop)",
     )
-    parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/cohort_<device>.json)")
+    parser.add_argument("--out", default=None, help="result JSON (default results/cohort_<device>.json)")
     args = parser.parse_args(argv)
 
     import ray
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 if ok != n:
                     print(f"{path}: only {ok} of {n} cases succeeded", file=sys.stderr)
                     return 1
-                print(f"repeat {r} {path}: {n} cases in {(loop_s if path == 'loop' else ray_s)[-1]:.1f} s", flush=True)
+                took = (loop_s if path == "loop" else ray_s)[-1]
+                print(f"repeat {r} {path}: {n} cases in {took:.1f} s", flush=True)
             a, b = _masks(root / f"loop_{r}"), _masks(root / f"ray_{r}")
             masks_equal &= a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     ray.shutdown()
@@ -153,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         "loop_cases_per_min": 60.0 * n / loop_med,
         "ray_cases_per_min": 60.0 * n / ray_med,
         "ray_overhead_per_case_s": (ray_med - loop_med) / n,
+        # Each repeat's Ray run against its own loop run (they ran back to back, under the same load).
+        "paired_overhead_per_case_s": statistics.median((r - lp) / n for r, lp in zip(ray_s, loop_s)),
         "ray_init_s": ray_init_s,
         "ray_worker_startup_s": startup_s,
         "loop_model_load_s": load_s,
@@ -174,14 +180,19 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"resunet_trt": __version__, "ray": ray.__version__},
         "note": "timings include model load and output writes; ray_init_s is separate",
     }
-    out_path = Path(args.out) if args.out else Path(__file__).parent / "results" / f"cohort_{args.device}.json"
+    default_out = Path(__file__).parent / "results" / f"cohort_{args.device}.json"
+    out_path = Path(args.out) if args.out else default_out
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"loop {loop_med:.1f} s ({result['loop_cases_per_min']:.1f} cases/min), ray {ray_med:.1f} s "
-        f"({result['ray_cases_per_min']:.1f} cases/min): Ray overhead {result['ray_overhead_per_case_s']:+.2f} s "
+        f"({result['ray_cases_per_min']:.1f} cases/min): "
+        f"Ray overhead {result['ray_overhead_per_case_s']:+.2f} s "
+        f"(paired {result['paired_overhead_per_case_s']:+.2f} s) "
         f"per case ({result['ray_overhead_per_case_after_startup_s']:+.2f} s after the workers' start of "
-        f"{statistics.median(startup_s):.1f} s); ray.init {ray_init_s:.1f} s; masks identical: {masks_equal}; load {load_before} -> {load_after}"
+        f"{statistics.median(startup_s):.1f} s); ray.init {ray_init_s:.1f} s; "
+        f"masks identical: {masks_equal}; "
+        f"load {load_before} -> {load_after}"
     )
     print(f"wrote {out_path}")
     return 0
