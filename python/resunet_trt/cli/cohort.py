@@ -111,6 +111,8 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # The cohort's own lines (workers, skipped cases, progress without tqdm) are worth seeing on a long run.
+    logging.getLogger("resunet_trt.cohort").setLevel(logging.INFO)
     for flag, value, low in (
         ("--batch-size", args.batch_size, 1),
         ("--min-lesion-mm3", args.min_lesion_mm3, 0),
