@@ -169,13 +169,18 @@ def test_open_default_on_cpu_follows_the_cpu_order(
         shutil.copy(src, tmp_path / B.DEFAULT_MODEL_FILES[kind])
     monkeypatch.setattr(B, "DEFAULT_MODEL_DIR", tmp_path)
     monkeypatch.setenv("RESUNET_TRT_OPENVINO_CACHE", str(tmp_path / "cache"))
-    first = B.CPU_ORDER[0] if "openvino" in B.available_backends() else ("onnxruntime", "onnx")
+    if "openvino" in B.available_backends():
+        from resunet_trt.backends.openvino import bf16_supported
+
+        first, precision = "openvino", "bf16" if bf16_supported() else "fp32"
+    else:
+        first, precision = "onnxruntime", "fp32"
     with (
         caplog.at_level(logging.INFO, logger="resunet_trt.backends"),
         B.open_backend(None, device="cpu") as b,
     ):
-        assert (b.name, b.precision) == (first[0], {"int8": "int8", "onnx": "fp32"}[first[1]])
-    assert f"{B.DEFAULT_MODEL_FILES[first[1]]} on backend {first[0]}" in caplog.text
+        assert (b.name, b.precision, b.metadata.precision) == (first, precision, "fp32")
+    assert f"resunet_default.onnx on backend {first}" in caplog.text
     # On ONNX Runtime the fp32 file comes before the INT8 one (INT8 is not faster there), then INT8.
     with B.open_backend(None, backend="onnxruntime", device="cpu") as b:
         assert (b.name, b.metadata.precision) == ("onnxruntime", "fp32")
@@ -186,9 +191,9 @@ def test_open_default_on_cpu_follows_the_cpu_order(
         assert b.name == "torch"
 
 
-def test_cpu_order_puts_openvino_int8_first_and_ort_fp32_before_ort_int8():
+def test_cpu_order_puts_openvino_first_and_ort_fp32_before_ort_int8():
     order = list(B.CPU_ORDER)
-    assert order[0] == ("openvino", "int8")
+    assert order[:2] == [("openvino", "onnx"), ("openvino", "int8")]
     assert order.index(("onnxruntime", "onnx")) < order.index(("onnxruntime", "int8"))
     assert order[-1] == ("torch", "pt")
 
