@@ -4,7 +4,8 @@
   run: numpy clip in int16 + one float32 conversion + in-place scale + torch interpolate of the whole volume, or
   the same in torch slab by slab; both gather the 2.5D context by index;
 - logits_to_labels (float32 and float16 (D, 3, 256, 256) -> uint8 (D, H, W)) vs torch interpolate +
-  ``max(dim=1).indices`` in slabs (``--torch-compile`` adds a torch.compile'd variant; the fastest counts);
+  ``max(dim=1).indices`` in slabs, plain and through ``torch.compile`` (compiled during the warm-up; the
+  faster counts; ``--no-torch-compile`` skips it);
 - connected components / postprocess: rows from ``benchmarks/bench_components.py`` when that file exists
   (it exposes ``run(ct, labels, repeats) -> list[dict]``; baselines cc3d with uint8 input, with
   ``binary_image=True``, ``cc3d.largest_k`` + ``cc3d.dust``; ours also on one thread).
@@ -415,7 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         "model's own output on it",
     )
     parser.add_argument(
-        "--torch-compile", action="store_true", help="also try torch.compile'd logits_to_labels baselines"
+        "--no-torch-compile",
+        dest="torch_compile",
+        action="store_false",
+        help="skip the torch.compile'd logits_to_labels baseline (it needs a C++ compiler)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
