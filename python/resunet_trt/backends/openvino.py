@@ -200,7 +200,7 @@ class OpenVinoBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = threads
         self.from_cache = False
         self.cache_path: Path | None = None
-        if cache_dir is not False:
+        if cache_dir is None or isinstance(cache_dir, (str, os.PathLike)):
             folder = default_cache_dir() if cache_dir is None else Path(cache_dir)
             key = "-".join(
                 [
