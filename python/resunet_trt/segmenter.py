@@ -30,6 +30,7 @@ Typical use::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _device
 from ._checks import checked_spacing
 from ._progress import progress as _progress
 
@@ -329,6 +331,44 @@ class FileOutcome:
 # --------------------------------------------------------------------------------------------------
 # The segmenter
 # --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VolumePlan:
+    """How one volume is sampled for the network: the plane (h, w), the in-plane mapping and the context step.
+
+    ``step``/``origin`` are None for the whole-plane resize of models without ``pixel_mm``.
+    """
+
+    out_size: tuple[int, int]
+    step: tuple[float, float] | None
+    origin: tuple[float, float] | None
+    slice_step: float
+
+    def kernel_mapping(self) -> dict[str, Any]:
+        """The ``step``/``origin`` keywords of ``kernels.preprocess`` and ``kernels.logits_to_labels``."""
+        return {} if self.step is None else {"step": self.step, "origin": self.origin}
+
+
+def volume_plan(metadata: Any, shape: Sequence[int], spacing: Sequence[float]) -> VolumePlan:
+    """The network plane and sampling of a (D, H, W) volume with ``spacing`` (dz, dy, dx) mm, as ``metadata`` says.
+
+    Models with ``pixel_mm`` see 1 pixel = ``pixel_mm`` mm (the plane grows past ``plane_size`` for a large field of
+    view, in multiples of the network's ``2**depth``); models with ``slice_mm`` see context slices that far apart.
+    Older models resize the whole plane to ``plane_size`` and stack neighbouring slices.
+    """
+    from . import kernels
+
+    dz, dy, dx = (float(s) for s in spacing)
+    slice_step = 1.0 if metadata.slice_mm is None else float(metadata.slice_mm) / dz
+    if metadata.pixel_mm is None:
+        return VolumePlan(tuple(int(v) for v in metadata.plane_size), None, None, slice_step)  # type: ignore[arg-type]
+    depth = metadata.model_config.get("depth") if isinstance(metadata.model_config, dict) else None
+    divisor = 2 ** int(depth) if depth else 32
+    mapping = kernels.plane_mapping(
+        tuple(shape[1:]), (dy, dx), float(metadata.pixel_mm), min_size=min(metadata.plane_size), divisor=divisor
+    )
+    return VolumePlan(tuple(mapping.out_size), tuple(mapping.step), tuple(mapping.origin), slice_step)  # type: ignore[arg-type]
+
+
 class Segmenter:
     """Liver and tumor segmentation of CT volumes with one model on one device.
 
@@ -340,7 +380,14 @@ class Segmenter:
         backend: ``"auto"``, ``"tensorrt"``, ``"openvino"``, ``"onnxruntime"`` or ``"torch"`` (see
             :func:`resunet_trt.backends.open_backend`).
         batch_size: slices per slab (network batch); bounds the memory of the network input and logits.
-        min_lesion_voxels: tumor components smaller than this become liver.
+        min_lesion_mm3: tumor components smaller than this volume (mm³) become liver; the default, 65 mm³, is a
+            sphere of 5 mm diameter (smaller lesions cannot be characterised on CT), so that 0.7 mm and 5 mm scans
+            are treated alike.
+        min_lesion_voxels: the floor in voxels instead (overrides ``min_lesion_mm3``), or None.
+        tta: test-time flip averaging: the network also sees every slab with its context slices reversed and the
+            two logits are averaged (twice the network time; for models trained with slice flips).
+        anatomy: remove an organ the network joined to the liver above its dome (the heart); see
+            :mod:`resunet_trt.anatomy`.
         connectivity: 6, 18 or 26, for the liver and lesion components.
         progress: show progress bars (slabs within a volume, cases in :meth:`segment_files`).
         num_threads: CPU inference threads of the OpenVINO, ONNX Runtime or PyTorch backend (None: the library's
@@ -360,26 +407,39 @@ class Segmenter:
         device: str = "auto",
         backend: str = "auto",
         batch_size: int = 16,
-        min_lesion_voxels: int = 10,
+        min_lesion_mm3: float = 65.0,
+        min_lesion_voxels: int | None = None,
         connectivity: int = 26,
         progress: bool = False,
         num_threads: int | None = None,
         precision: str | None = None,
+        tta: bool = False,
+        anatomy: bool = True,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if (
+        if min_lesion_voxels is not None and (
             isinstance(min_lesion_voxels, bool)
             or not isinstance(min_lesion_voxels, (int, np.integer))
             or min_lesion_voxels < 0
         ):
-            raise ValueError(f"min_lesion_voxels must be an integer >= 0, got {min_lesion_voxels!r}")
+            raise ValueError(f"min_lesion_voxels must be None or an integer >= 0, got {min_lesion_voxels!r}")
+        if (
+            isinstance(min_lesion_mm3, bool)
+            or not isinstance(min_lesion_mm3, (int, float, np.integer, np.floating))
+            or not math.isfinite(float(min_lesion_mm3))
+            or min_lesion_mm3 < 0
+        ):
+            raise ValueError(f"min_lesion_mm3 must be a volume in mm³ >= 0, got {min_lesion_mm3!r}")
         if connectivity not in (6, 18, 26):
             raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
         if model is not None and not isinstance(model, (str, os.PathLike)):
             raise TypeError(f"model must be a path or None, got {type(model).__name__}")
         self.batch_size = int(batch_size)
-        self.min_lesion_voxels = int(min_lesion_voxels)
+        self.min_lesion_mm3 = float(min_lesion_mm3)
+        self.min_lesion_voxels = None if min_lesion_voxels is None else int(min_lesion_voxels)
+        self.tta = bool(tta)
+        self.anatomy = bool(anatomy)
         self.connectivity = int(connectivity)
         self.progress = bool(progress)
         self._in_files = False  # segment_files shows one bar over cases instead of one per volume
@@ -435,7 +495,8 @@ class Segmenter:
     def __repr__(self) -> str:
         return (
             f"Segmenter(backend={self.backend.name!r}, device={self.device!r}, batch_size={self.batch_size}, "
-            f"min_lesion_voxels={self.min_lesion_voxels}, connectivity={self.connectivity})"
+            f"min_lesion_mm3={self.min_lesion_mm3:g}, min_lesion_voxels={self.min_lesion_voxels}, tta={self.tta}, "
+            f"anatomy={self.anatomy}, connectivity={self.connectivity})"
         )
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -526,8 +587,14 @@ class Segmenter:
                 "context": int(self.metadata.context),
                 "window": list(self.metadata.window),
                 "batch_size": self.batch_size,
-                "min_lesion_voxels": self.min_lesion_voxels,
+                "min_lesion_mm3": self.min_lesion_mm3,
+                "min_lesion_voxels": self._lesion_floor(volume),
                 "connectivity": self.connectivity,
+                "tta": self.tta,
+                "anatomy": self.anatomy,
+                "pixel_mm": self.metadata.pixel_mm,
+                "slice_mm": self.metadata.slice_mm,
+                "model": self._model_name(),
             },
         )
         for warning in result.warnings:
@@ -709,7 +776,21 @@ class Segmenter:
         result.timings["write"] = time.perf_counter() - t0
         return outputs
 
-    def _net_input(self, hu: Any, start: int, stop: int) -> Any:
+    def _lesion_floor(self, volume: CTVolume) -> int:
+        """Tumor components with fewer voxels than this become liver (``min_lesion_mm3`` at this spacing)."""
+        if self.min_lesion_voxels is not None:
+            return self.min_lesion_voxels
+        voxel_mm3 = float(np.prod(volume.spacing))
+        return int(math.ceil(self.min_lesion_mm3 / voxel_mm3 - 1e-9)) if voxel_mm3 > 0 else 0
+
+    def _model_name(self) -> str:
+        path = getattr(self.backend, "path", None)
+        return Path(path).name if path is not None else self.backend.name
+
+    def _plan(self, volume: CTVolume) -> VolumePlan:
+        return volume_plan(self.metadata, volume.hu.shape, volume.spacing)
+
+    def _net_input(self, hu: Any, start: int, stop: int, plan: VolumePlan) -> Any:
         """Network input (stop - start, K, h, w) for slices [start, stop) of ``hu`` (numpy or CUDA array)."""
         from . import kernels
 
@@ -717,12 +798,36 @@ class Segmenter:
         return kernels.preprocess(
             hu,
             window=tuple(meta.window),
-            out_size=tuple(meta.plane_size),
+            out_size=plan.out_size,
             context=meta.context,
             dtype=self._input_dtype,
             start=start,
             stop=stop,
+            **plan.kernel_mapping(),
+            slice_step=plan.slice_step,
         )
+
+    def _infer(self, batch: Any) -> Any:
+        """Logits of one slab; with ``tta``, averaged with those of the slab's context slices reversed."""
+        logits = self.backend.infer(batch)
+        if not self.tta:
+            return logits
+        flipped = batch[:, ::-1]
+        xp = np if isinstance(batch, np.ndarray) else _device.cupy()
+        other = self.backend.infer(xp.ascontiguousarray(flipped))
+        return (logits.astype(xp.float32) + other.astype(xp.float32)) * 0.5
+
+    def _refine(self, labels: np.ndarray, volume: CTVolume) -> np.ndarray | None:
+        """The labels after the anatomy rule, or None when it changed nothing."""
+        if not self.anatomy:
+            return None
+        from . import kernels
+        from .anatomy import drop_organs_above_liver
+
+        refined, removed_ml = drop_organs_above_liver(labels, volume.spacing)
+        if removed_ml <= 0:
+            return None
+        return kernels.postprocess(refined, min_lesion_voxels=0, connectivity=self.connectivity)
 
     # -- CPU path ---------------------------------------------------------------------------------
     def _run_cpu(
@@ -733,12 +838,13 @@ class Segmenter:
 
         hu = volume.hu
         depth, height, width = hu.shape
+        plan = self._plan(volume)
         labels = np.empty((depth, height, width), dtype=np.uint8)
         bar = self.progress and not self._in_files
 
         def infer(batch: np.ndarray) -> tuple[Any, float]:
             t = time.perf_counter()
-            return self.backend.infer(batch), time.perf_counter() - t
+            return self._infer(batch), time.perf_counter() - t
 
         # The stages overlap: the network runs slab i in a worker thread while this thread preprocesses slab
         # i + 1 and decodes slab i - 1 (every backend and our kernels release the GIL). Alive at once: the
@@ -748,7 +854,7 @@ class Segmenter:
             pending: tuple[int, int, Future[tuple[Any, float]]] | None = None
             for start, stop in _progress(slabs(depth, self.batch_size), enabled=bar, desc="slabs", leave=False):
                 t0 = time.perf_counter()
-                batch = self._net_input(hu, start, stop)
+                batch = self._net_input(hu, start, stop, plan)
                 timings["preprocess"] += time.perf_counter() - t0
                 previous, logits = pending, None
                 if previous is not None:
@@ -757,17 +863,20 @@ class Segmenter:
                 pending = (start, stop, pool.submit(infer, batch))
                 del batch
                 if previous is not None:
-                    self._decode_cpu(logits, labels, previous[0], previous[1], timings)
+                    self._decode_cpu(logits, labels, previous[0], previous[1], timings, plan)
                     del logits
             if pending is not None:
                 logits, t_net = pending[2].result()
                 timings["infer"] += t_net
-                self._decode_cpu(logits, labels, pending[0], pending[1], timings)
+                self._decode_cpu(logits, labels, pending[0], pending[1], timings, plan)
         timings["slabs_wall"] = time.perf_counter() - t_loop
         t0 = time.perf_counter()
         labels = kernels.postprocess(
-            labels, min_lesion_voxels=self.min_lesion_voxels, connectivity=self.connectivity
+            labels, min_lesion_voxels=self._lesion_floor(volume), connectivity=self.connectivity
         )
+        refined = self._refine(labels, volume)
+        if refined is not None:
+            labels = refined
         stats = kernels.lesion_stats(labels, connectivity=self.connectivity)
         lesions = build_lesions(stats, volume=volume)
         liver_voxels = int(np.count_nonzero(labels))
@@ -776,12 +885,14 @@ class Segmenter:
         return labels, lesions, (liver_voxels, tumor_voxels)
 
     @staticmethod
-    def _decode_cpu(logits: Any, labels: np.ndarray, start: int, stop: int, timings: dict[str, float]) -> None:
+    def _decode_cpu(
+        logits: Any, labels: np.ndarray, start: int, stop: int, timings: dict[str, float], plan: VolumePlan
+    ) -> None:
         """Write the labels of slices [start, stop) from their logits (N, C, h, w) into ``labels`` (D, H, W)."""
         from . import kernels
 
         t0 = time.perf_counter()
-        labels[start:stop] = kernels.logits_to_labels(logits, out_size=labels.shape[1:])
+        labels[start:stop] = kernels.logits_to_labels(logits, out_size=labels.shape[1:], **plan.kernel_mapping())
         timings["decode"] += time.perf_counter() - t0
 
     # -- GPU path ---------------------------------------------------------------------------------
@@ -796,9 +907,11 @@ class Segmenter:
         meta = self.metadata
         hu = np.ascontiguousarray(volume.hu)
         depth, height, width = hu.shape
+        vplan = self._plan(volume)
         bs = self.batch_size
         plan = slabs(depth, bs)
-        needs = slab_upload_needs(depth, bs, meta.context // 2)
+        # Context slices reach slice_step input slices apart (interpolated): the upload halo grows with it.
+        needs = slab_upload_needs(depth, bs, math.ceil((meta.context // 2) * vplan.slice_step))
         slice_bytes = height * width * hu.itemsize
         device_index = int(self.device.split(":")[1])
 
@@ -844,11 +957,13 @@ class Segmenter:
                     with compute:
                         e0, e1, e2, e3 = (cp.cuda.Event() for _ in range(4))
                         e0.record(compute)
-                        batch = self._net_input(d_hu, start, stop)
+                        batch = self._net_input(d_hu, start, stop, vplan)
                         e1.record(compute)
-                        logits = self.backend.infer(batch)
+                        logits = self._infer(batch)
                         e2.record(compute)
-                        d_labels[start:stop] = kernels.logits_to_labels(logits, out_size=(height, width))
+                        d_labels[start:stop] = kernels.logits_to_labels(
+                            logits, out_size=(height, width), **vplan.kernel_mapping()
+                        )
                         e3.record(compute)
                         stage_events.append((e0, e1, e2, e3))
                         del batch, logits
@@ -857,7 +972,7 @@ class Segmenter:
                     p0, p1 = cp.cuda.Event(), cp.cuda.Event()
                     p0.record(compute)
                     d_post = kernels.postprocess(
-                        d_labels, min_lesion_voxels=self.min_lesion_voxels, connectivity=self.connectivity
+                        d_labels, min_lesion_voxels=self._lesion_floor(volume), connectivity=self.connectivity
                     )
                     del d_labels
                     stats = kernels.lesion_stats(d_post, connectivity=self.connectivity)
@@ -873,6 +988,13 @@ class Segmenter:
                 # Never hand the pinned buffers back to CuPy's pool while a copy from them may be pending.
                 copy.synchronize()
             t_device = time.perf_counter() - t_wall
+            t0 = time.perf_counter()
+            refined = self._refine(labels, volume)  # on the host: a rare case, and the labels are here already
+            if refined is not None:
+                labels = refined
+                stats = kernels.lesion_stats(labels, connectivity=self.connectivity)
+                liver_voxels = int(np.count_nonzero(labels))
+            t_refine = time.perf_counter() - t0
 
             for e0, e1, e2, e3 in stage_events:
                 timings["preprocess"] += cp.cuda.get_elapsed_time(e0, e1) / 1e3
@@ -881,7 +1003,7 @@ class Segmenter:
             timings["upload"] = host_staging_s + sum(
                 cp.cuda.get_elapsed_time(b, d) / 1e3 for b, d in upload_events
             )
-            timings["postprocess"] = cp.cuda.get_elapsed_time(p0, p1) / 1e3
+            timings["postprocess"] = cp.cuda.get_elapsed_time(p0, p1) / 1e3 + t_refine
             timings["device_wall"] = t_device
             del d_post
             t0 = time.perf_counter()

@@ -140,7 +140,17 @@ class Backend(abc.ABC):
         shape = tuple(int(s) for s in batch.shape)
         k = self.metadata.context
         h, w = self.metadata.plane_size
-        if len(shape) != 4 or shape[1:] != (k, h, w) or shape[0] < 1:
+        if self.metadata.pixel_mm is not None:
+            # Physically sampled models see a plane that grows with the field of view, in multiples of 2**depth
+            # and never below plane_size.
+            depth = self.metadata.model_config.get("depth")
+            div = 2 ** int(depth) if depth else 32
+            if (len(shape) != 4 or shape[1] != k or shape[0] < 1 or shape[2] < h or shape[3] < w
+                    or shape[2] % div or shape[3] % div):
+                raise ValueError(
+                    f"batch must be (N, {k}, h, w) with N >= 1 and h >= {h}, w >= {w} multiples of {div}, got {shape}"
+                )
+        elif len(shape) != 4 or shape[1:] != (k, h, w) or shape[0] < 1:
             raise ValueError(f"batch must be (N, {k}, {h}, {w}) with N >= 1, got {shape}")
         dtype = np.dtype(str(batch.dtype).replace("torch.", ""))
         if dtype.kind != "f":
