@@ -493,6 +493,7 @@ class _ExactBackend:
 
     def __init__(self, metadata, device):
         self.metadata, self.device = metadata, device
+        self.precision = metadata.precision
 
     def infer(self, batch):
         from resunet_trt._device import as_cupy, is_cuda_array
@@ -518,7 +519,10 @@ def _use_exact_backend(monkeypatch, plane_size=(48, 40), context=5):
 
     meta = ModelMetadata(plane_size=plane_size, context=context, window=(-100.0, 200.0))
     monkeypatch.setattr(
-        backends, "open_backend", lambda model, *, backend, device: _ExactBackend(meta, device), raising=False
+        backends,
+        "open_backend",
+        lambda model, *, backend, device, **options: _ExactBackend(meta, device),
+        raising=False,
     )
 
 
