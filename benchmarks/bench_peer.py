@@ -7,7 +7,7 @@ metadata (HU window, plane size, K context slices, and ``pixel_mm``/``slice_mm``
     -> [Spacing to pixel_mm when set] -> per-slice Resize to the plane -> 2.5D stack of K neighbouring slices
     -> the network in batches (PyTorch under torch.inference_mode, or ONNX Runtime) -> Resize the logits back
     -> argmax (``max(0).indices``, torch's fastest reduction here) -> KeepLargestConnectedComponent over liver and
-    tumor -> tumor components under ``--min-lesion-voxels`` become liver -> SaveImage (NIfTI, uint8).
+    tumor -> tumor components under the Segmenter's ``min_lesion_mm3`` become liver -> SaveImage (NIfTI, uint8).
 
 "Per-slice Resize" is one MONAI ``Resize`` to ``(h, w, -1)`` with trilinear weights: the slice axis keeps its size,
 so its weights are exactly 1 and every slice is resized bilinearly on its own (the same numbers as a loop over
@@ -70,16 +70,17 @@ class MonaiPeer:
         model: a .pt checkpoint (run with PyTorch) or a .onnx file (run with ONNX Runtime).
         threads: CPU threads of the network.
         batch_size: slices per network batch.
-        min_lesion_voxels: tumor components smaller than this become liver.
+        min_lesion_mm3: tumor components smaller than this volume become liver (the floor in voxels follows
+            from each case's voxel size, as the Segmenter's does).
     """
 
-    def __init__(self, model: Path, *, threads: int, batch_size: int, min_lesion_voxels: int = 10) -> None:
+    def __init__(self, model: Path, *, threads: int, batch_size: int, min_lesion_mm3: float = 65.0) -> None:
         import torch
         from monai.transforms import KeepLargestConnectedComponent, Orientation, ScaleIntensityRange
 
         self.model = Path(model)
         self.batch_size = batch_size
-        self.min_lesion_voxels = min_lesion_voxels
+        self.min_lesion_mm3 = float(min_lesion_mm3)
         torch.set_num_threads(threads)
         if self.model.suffix == ".onnx":
             import onnxruntime as ort
@@ -183,8 +184,10 @@ class MonaiPeer:
         mask = self.keep_largest(mask)
         arr = mask.as_tensor()[0].numpy()
         tumor = arr == 2
-        if self.min_lesion_voxels > 1:
-            kept = remove_small_objects(tumor, max_size=self.min_lesion_voxels - 1, connectivity=3)
+        voxel_mm3 = float(np.prod(np.asarray(image.pixdim, dtype=np.float64)[:3]))
+        floor = int(np.ceil(self.min_lesion_mm3 / voxel_mm3 - 1e-9))
+        if floor > 1:
+            kept = remove_small_objects(tumor, max_size=floor - 1, connectivity=3)
             arr[tumor & ~kept] = 1
         t4 = time.perf_counter()
         times["postprocess"] = t4 - t3
@@ -307,10 +310,10 @@ def bench_runtime(
 
     model = Path(args.model_dir) / default_model_path(RUNTIMES[runtime]).name if args.model_dir else None
     model = model or default_model_path(RUNTIMES[runtime])
-    peer = MonaiPeer(model, threads=args.threads, batch_size=args.batch_size)
     seg = Segmenter(
         model=model, device="cpu", backend=runtime, batch_size=args.batch_size, num_threads=args.threads
     )
+    peer = MonaiPeer(model, threads=args.threads, batch_size=args.batch_size, min_lesion_mm3=seg.min_lesion_mm3)
     try:
         ours_mask, _ = run_ours(seg, path, work / f"{runtime}_check_ours")
         peer_mask, _ = peer.run(path, work / f"{runtime}_check_peer")
