@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from resunet_trt import io
+from resunet_trt import io, nifti
 from resunet_trt.io import CTVolume, atomic_write, canonical_affine, load_ct, load_label, save_mask
 
 NIFTI_CASES = [
@@ -45,8 +45,8 @@ def _ct_like(shape=(12, 10, 8), seed=0) -> np.ndarray:
 def codec(request, monkeypatch):
     """Run a test with ISA-L gzip and with nibabel's own gzip."""
     if request.param == "zlib":
-        monkeypatch.setattr(io, "_igzip", lambda: None)
-    elif io._igzip() is None:
+        monkeypatch.setattr(nifti, "_igzip", lambda: None)
+    elif nifti._igzip() is None:
         pytest.skip("isal is not installed")
     return request.param
 

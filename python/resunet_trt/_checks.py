@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 
@@ -34,3 +36,15 @@ def reject_unknown_keys(d: Any, known: Any, what: str) -> None:
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ValueError(f"{what}: unknown keys {unknown}; known keys are {sorted(known)}")
+
+
+def checked_path(path_or_dir: Any, name: str) -> Path:
+    """``path_or_dir`` as a Path that exists; TypeError naming ``name`` for a non-path, FileNotFoundError naming
+    the path when it is missing."""
+    if not isinstance(path_or_dir, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(path_or_dir).__name__}")
+    path = Path(path_or_dir)
+    if not path.exists():
+        # Named by what was typed: the parameter's name means nothing to someone at a command line.
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    return path
