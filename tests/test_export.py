@@ -262,6 +262,26 @@ def test_calibration_batches_are_preprocessed_body_slices(lits_small):
     assert matches == sorted(matches) and len(set(matches)) == 10
 
 
+def test_calibration_of_a_physically_sampled_model_samples_at_its_pixel_size():
+    """A 150 mm square at 0.75 mm pixels (200 px) spans 100 px of a model with 1.5 mm pixels, centred on its plane."""
+    from resunet_trt.io import CTVolume, canonical_affine
+
+    hu = np.full((6, 400, 400), -1000, np.int16)
+    hu[:, 100:300, 100:300] = 200
+    spacing = (3.0, 0.75, 0.75)
+    vol = CTVolume(hu=hu, spacing=spacing, affine=canonical_affine(spacing))
+    meta = ModelMetadata(plane_size=(128, 128), context=3, pixel_mm=1.5, slice_mm=3.0)
+    x = np.concatenate(X.calibration_batches([vol], meta, batch_size=2, max_slices=4))
+    assert x.shape == (4, 3, 128, 128)
+    bright = x[0, 1] > 0.5
+    rows, cols = np.flatnonzero(bright.any(axis=1)), np.flatnonzero(bright.any(axis=0))
+    assert len(rows) == len(cols) == 100
+    assert rows[0] == cols[0] == 14  # (128 - 100) / 2: the square is centred
+    # without spacing (a bare array) the whole 400-pixel plane is resized: the square spans 64 pixels
+    y = np.concatenate(X.calibration_batches([hu], meta, batch_size=2, max_slices=4))
+    assert np.count_nonzero((y[0, 1] > 0.5).any(axis=0)) == 64
+
+
 def test_calibration_batches_reject_non_3d():
     with pytest.raises(ValueError, match=r"volumes\[0\] must be \(D, H, W\)"):
         X.calibration_batches([np.zeros((4, 4), np.int16)], ModelMetadata())

@@ -36,8 +36,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .io import atomic_write_bytes
-from .metadata import ONNX_METADATA_KEY, ModelMetadata, current_versions
+from .datasets import find_ct_volumes
+from .files import atomic_write_bytes
+# The ONNX metadata functions live in metadata.py and stay importable from here.
+from .metadata import (
+    ONNX_METADATA_KEY,  # noqa: F401
+    ModelMetadata,
+    current_versions,
+    load_onnx,
+    metadata_from_onnx_model,
+    read_onnx_metadata,  # noqa: F401
+    set_onnx_metadata,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -56,74 +66,6 @@ CALIBRATION_METHODS = ("entropy", "percentile")
 # quantized so that a Conv's int8 output can flow into the next int8 Conv without a float round trip
 # (ONNX Runtime fuses DQ -> op -> Q into integer kernels, TensorRT fuses Q/DQ into the neighbouring layers).
 INT8_OP_TYPES = ("Conv", "ConvTranspose", "Add", "Relu", "MaxPool", "AveragePool")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Metadata in the ONNX file
-# --------------------------------------------------------------------------------------------------------------
-
-
-def set_onnx_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
-    """Store ``metadata`` as JSON in ``model.metadata_props`` (replacing an earlier entry), in place."""
-    kept = [p for p in model.metadata_props if p.key != ONNX_METADATA_KEY]
-    del model.metadata_props[:]
-    for prop in kept:
-        model.metadata_props.add(key=prop.key, value=prop.value)
-    model.metadata_props.add(key=ONNX_METADATA_KEY, value=metadata.to_json())
-
-
-def metadata_from_onnx_model(model: onnx.ModelProto, *, source: str = "ONNX model") -> ModelMetadata:
-    """The :class:`ModelMetadata` stored in a loaded ONNX model.
-
-    Raises:
-        ValueError: when the model carries no resunet-trt metadata, or it is malformed.
-    """
-    for prop in model.metadata_props:
-        if prop.key == ONNX_METADATA_KEY:
-            return ModelMetadata.from_json(prop.value, source=source)
-    keys = sorted(p.key for p in model.metadata_props)
-    raise ValueError(
-        f"{source} has no resunet-trt metadata (metadata_props key {ONNX_METADATA_KEY!r}; keys present: "
-        f"{keys or 'none'}); export it with resunet_trt.export.export_onnx"
-    )
-
-
-def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Load an ONNX file with a clear error when it is missing or not a valid ONNX protobuf.
-
-    Raises:
-        FileNotFoundError: when ``path`` does not exist.
-        ValueError: when the file is not a readable ONNX model.
-    """
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {p}")
-    try:
-        model = onnx.load(str(p))
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        raise ValueError(f"{p} is not a readable ONNX model (corrupt or truncated file?): {exc}") from exc
-    if len(model.graph.node) == 0:
-        raise ValueError(f"{p} is not a readable ONNX model: it has no graph nodes (corrupt or empty file?)")
-    return model
-
-
-def read_onnx_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
-    """Read the :class:`ModelMetadata` of an ONNX file written by this module.
-
-    Args:
-        path: the .onnx file.
-
-    Returns:
-        The metadata, with ``precision`` saying which variant the file is.
-
-    Raises:
-        FileNotFoundError: when ``path`` does not exist.
-        ValueError: when the file is not a valid ONNX model or carries no resunet-trt metadata.
-    """
-    return metadata_from_onnx_model(load_onnx(path), source=str(path))
 
 
 def _with_precision_and_versions(
@@ -411,8 +353,11 @@ def calibration_batches(
     pixels above -500 HU) are skipped, they only teach the quantizer about zeros.
 
     Args:
-        volumes: HU volumes (D, H, W), int16 or float32, in the canonical orientation.
-        metadata: gives plane size, context and window.
+        volumes: HU volumes (D, H, W), int16 or float32, in the canonical orientation; or CT volumes (objects
+            with ``hu`` and ``spacing``), needed for a model with physical sampling (``pixel_mm``): their slices
+            are then sampled as inference samples them, cropped or padded to ``plane_size`` around the centre so
+            that every batch has one shape.
+        metadata: gives plane size, context, window and physical sampling.
         batch_size: slices per batch, >= 1.
         max_slices: at most this many slices in all, shared equally between volumes.
         min_body_fraction: in [0, 1).
@@ -431,7 +376,9 @@ def calibration_batches(
         raise ValueError(f"max_slices must be >= 1, got {max_slices}")
     if not 0.0 <= min_body_fraction < 1.0:
         raise ValueError(f"min_body_fraction must be in [0, 1), got {min_body_fraction}")
-    vols = [np.asarray(v) for v in volumes]
+    items = list(volumes)
+    spacings = [tuple(float(s) for s in v.spacing) if hasattr(v, "hu") else None for v in items]
+    vols = [np.asarray(v.hu if hasattr(v, "hu") else v) for v in items]
     if not vols:
         raise ValueError("volumes must hold at least one CT volume, got none")
     for i, v in enumerate(vols):
@@ -439,7 +386,7 @@ def calibration_batches(
             raise ValueError(f"volumes[{i}] must be (D, H, W), got shape {v.shape}")
     per_volume = max(1, max_slices // len(vols))
     slices: list[np.ndarray] = []
-    for v in vols:
+    for v, spacing in zip(vols, spacings):
         v = v if v.dtype in (np.int16, np.float32) else v.astype(np.float32)
         body = (v > -500).mean(axis=(1, 2)) >= min_body_fraction
         candidates = np.flatnonzero(body)
@@ -450,12 +397,22 @@ def calibration_batches(
                 np.int64
             )
         ]
+        mapping: dict[str, Any] = {}
+        if metadata.pixel_mm is not None and spacing is not None:
+            (h, w), (dz, dy, dx) = metadata.plane_size, spacing
+            step = (metadata.pixel_mm / dy, metadata.pixel_mm / dx)
+            mapping = {
+                "step": step,
+                "origin": (v.shape[1] / 2 - h / 2 * step[0], v.shape[2] / 2 - w / 2 * step[1]),
+                "slice_step": 1.0 if metadata.slice_mm is None else metadata.slice_mm / dz,
+            }
         net = kernels.preprocess(
             np.ascontiguousarray(v),
             window=metadata.window,
             out_size=metadata.plane_size,
             context=metadata.context,
             dtype="float32",
+            **mapping,
         )
         slices.extend(np.asarray(net[i], dtype=np.float32) for i in take)
     if not slices:
@@ -464,37 +421,12 @@ def calibration_batches(
     return [np.ascontiguousarray(stacked[i : i + batch_size]) for i in range(0, len(stacked), batch_size)]
 
 
-def find_ct_volumes(data_dir: str | os.PathLike[str]) -> list[Path]:
-    """CT files under ``data_dir``: ``ct.nii[.gz]``, ``volume-*.nii[.gz]`` (LiTS) and ``imagesTr/*.nii[.gz]`` (MSD).
-
-    Raises:
-        FileNotFoundError: when ``data_dir`` is missing or holds no CT file.
-    """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"calibration data folder not found: {root}")
-    found: set[Path] = set()
-    for pattern in (
-        "**/ct.nii",
-        "**/ct.nii.gz",
-        "**/volume-*.nii",
-        "**/volume-*.nii.gz",
-        "**/imagesTr/*.nii",
-        "**/imagesTr/*.nii.gz",
-    ):
-        found.update(p for p in root.glob(pattern) if p.is_file() and not p.name.startswith("._"))
-    if not found:
-        raise FileNotFoundError(
-            f"no CT volume under {root} (looked for ct.nii[.gz], volume-*.nii[.gz], imagesTr/*.nii[.gz])"
-        )
-    return sorted(found)
-
-
-def load_calibration_volumes(data_dir: str | os.PathLike[str], *, max_volumes: int = 8) -> list[np.ndarray]:
-    """HU volumes (D, H, W) int16 in the canonical orientation from a data folder, via :func:`resunet_trt.io.load_ct`."""
+def load_calibration_volumes(data_dir: str | os.PathLike[str], *, max_volumes: int = 8) -> list[Any]:
+    """CT volumes (``CTVolume``: int16 HU (D, H, W) in the canonical orientation, spacing) from a data folder, via
+    :func:`resunet_trt.io.load_ct`."""
     from .io import load_ct
 
-    return [load_ct(p).hu for p in find_ct_volumes(data_dir)[:max_volumes]]
+    return [load_ct(p) for p in find_ct_volumes(data_dir)[:max_volumes]]
 
 
 class _BatchReader:
@@ -581,7 +513,7 @@ def quantize_int8(
         source: the fp32 .onnx written by :func:`export_model` / :func:`export_onnx`.
         output: the .onnx file to write.
         volumes: HU volumes (D, H, W) in the canonical orientation to calibrate on.
-        data_dir: alternatively, a folder of CT files (see :func:`find_ct_volumes`).
+        data_dir: alternatively, a folder of CT files (see :func:`resunet_trt.datasets.find_ct_volumes`).
         method: "entropy" or "percentile".
         percentile: the percentile for ``method="percentile"``, in (90, 100].
         max_slices: calibration slices in all. ONNX Runtime's histogram calibrators keep every activation of
