@@ -175,6 +175,15 @@ def test_report_is_json_with_volumes_and_lesions(cubes, tmp_path):
     assert back["spacing_mm_dhw"] == list(SPACING)
 
 
+def test_report_says_not_for_clinical_use_and_names_the_model(cubes):
+    labels, hu = cubes
+    result = _result(labels, hu)
+    result.info["model"] = "resunet_default.onnx"
+    report = build_report(result, case="cubes")
+    assert report["not_for_clinical_use"] is True
+    assert report["model_name"] == "resunet_default.onnx"
+
+
 def test_unserialisable_report_fails_and_writes_nothing(tmp_path):
     path = tmp_path / "bad_report.json"
     with pytest.raises(ValueError, match="bad_report.json"):

@@ -25,7 +25,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from .io import CTVolume
-    from .segmenter import Result
+    from .results import Result
 
 REPORT_SCHEMA = 1
 
@@ -181,13 +181,13 @@ def build_report(result: Result, *, case: str | None = None) -> dict[str, Any]:
     """The JSON-ready report of one segmented case.
 
     Args:
-        result: a :class:`resunet_trt.segmenter.Result`.
+        result: a :class:`resunet_trt.results.Result`.
         case: case name to record (defaults to the source file's name, or None).
     """
     volume = result.volume
     source = getattr(volume, "source", None)
     if case is None and source is not None:
-        from .segmenter import case_name
+        from .naming import case_name
 
         case = case_name(source)
     lesions = [les.to_dict() for les in result.lesions]
@@ -201,6 +201,9 @@ def build_report(result: Result, *, case: str | None = None) -> dict[str, Any]:
     return {
         "schema": REPORT_SCHEMA,
         "resunet_trt": __version__,
+        "not_for_clinical_use": True,
+        "intended_use": "research; not a medical device, not for diagnosis or treatment decisions",
+        "model_name": result.info.get("model"),
         "case": case,
         "source": None if source is None else os.fspath(source),
         "study_instance_uid": (meta.get("study_uid") or None) if dicom else None,
@@ -233,7 +236,7 @@ def write_report(path: str | os.PathLike[str], report: Mapping[str, Any]) -> Non
         text = json.dumps(report, indent=2, allow_nan=False, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{os.fspath(path)}: report is not JSON-serialisable ({exc})") from exc
-    from .io import atomic_write
+    from .files import atomic_write
 
     with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text + "\n")
