@@ -49,6 +49,9 @@ if __package__ in (None, ""):  # run as a script: make `training` (and, from a s
     if importlib.util.find_spec("resunet_trt") is None and (_ROOT / "python" / "resunet_trt").is_dir():
         sys.path.insert(1, str(_ROOT / "python"))
 
+from resunet_trt._progress import progress as progress_bar
+from resunet_trt.files import atomic_write, atomic_write_text
+
 from training.augment import AugmentConfig, augment_sample, random_crop
 from training.synthetic_tumors import TumorConfig, insert_tumors
 from training.data import (
@@ -133,13 +136,19 @@ def apply_override(config: dict[str, Any], text: str) -> None:
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The defaults (``training/configs/default.yaml``) updated by the YAML file at ``path``, then by
     ``overrides``."""
-    config = read_default_config()
-    if path is not None:
-        loaded = read_config_file(path)
-        unknown = sorted(set(loaded) - set(config))
-        if unknown:
-            raise ValueError(f"{path}: unknown config sections {unknown}; known: {sorted(config)}")
-        config = deep_update(config, loaded)
+    if path is None:
+        return _merged_config(read_default_config(), {}, "defaults", overrides)
+    return _merged_config(read_default_config(), read_config_file(path), path, overrides)
+
+
+def _merged_config(
+    defaults: dict[str, Any], loaded: dict[str, Any], path: str | Path, overrides: Sequence[str]
+) -> dict[str, Any]:
+    """``defaults`` updated by ``loaded`` (read from ``path``; unknown sections are an error), then ``overrides``."""
+    unknown = sorted(set(loaded) - set(defaults))
+    if unknown:
+        raise ValueError(f"{path}: unknown config sections {unknown}; known: {sorted(defaults)}")
+    config = deep_update(defaults, loaded)
     for text in overrides:
         apply_override(config, text)
     return config
@@ -157,13 +166,7 @@ def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[
     for key, cls in (("augment", AugmentConfig), ("loss", LossConfig)):
         if snapshot.get(key) == {}:
             snapshot[key] = _jsonable(asdict(cls()))
-    unknown = sorted(set(snapshot) - set(DEFAULT_CONFIG))
-    if unknown:
-        raise ValueError(f"{path}: unknown config sections {unknown}; known: {sorted(DEFAULT_CONFIG)}")
-    config = deep_update(DEFAULT_CONFIG, snapshot)
-    for text in overrides:
-        apply_override(config, text)
-    return config
+    return _merged_config(DEFAULT_CONFIG, snapshot, path, overrides)
 
 
 def record_command(path: Path, command: str) -> None:
@@ -171,18 +174,11 @@ def record_command(path: Path, command: str) -> None:
     previous = path.read_text() if path.is_file() else ""
     if previous and not previous.endswith("\n"):
         previous += "\n"
-    _atomic_write_text(path, previous + command + "\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    from resunet_trt.io import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode())
+    atomic_write_text(path, previous + command + "\n")
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
-    from resunet_trt.io import atomic_write
 
     with atomic_write(path) as tmp:
         torch.save(obj, tmp)
@@ -488,6 +484,254 @@ def _collect_cases(config: dict[str, Any]) -> tuple[list[Case], list[Case]]:
     return train, val
 
 
+@dataclass
+class RunPlan:
+    """What the configuration fixes before any data is read: input, model, sampling, optimisation."""
+
+    plane: tuple[int, int]
+    context: int
+    window: tuple[float, float]
+    pixel_mm: float | None
+    slice_mm: float | None
+    model_cfg: Any
+    sampling: SamplingConfig
+    augment: AugmentConfig
+    loss: LossConfig
+    optim: dict[str, Any]
+    val: dict[str, Any]
+    seed: int
+    batch_size: int
+    epochs: int
+    amp_dtype: Any
+    init_from: str | None = None
+
+
+def _init_weights_from(model: Any, path: Path, plan: RunPlan) -> None:
+    """Start from the weights of another checkpoint (fine-tuning); its network and input sampling must match."""
+    from resunet_trt.model import load_checkpoint
+
+    source, meta = load_checkpoint(path)
+    if source.config != plan.model_cfg:
+        raise ValueError(f"init_from {path}: its network {source.config} differs from this run's {plan.model_cfg}")
+    wanted = (plan.plane, plan.context, plan.window, plan.pixel_mm, plan.slice_mm)
+    have = (tuple(meta.plane_size), meta.context, tuple(meta.window), meta.pixel_mm, meta.slice_mm)
+    if have != wanted:
+        raise ValueError(f"init_from {path}: it was fed {have} (plane, context, window, pixel_mm, slice_mm), "
+                         f"this run feeds {wanted}")
+    model.load_state_dict(source.state_dict())
+    logger.info("weights initialised from %s", path)
+
+
+@dataclass
+class RunState:
+    """What ``resume.pt`` restores: the model, its optimiser, schedule and scaler, and where the run stands."""
+
+    model: Any
+    net: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    start_epoch: int = 0
+    best: float | None = None
+    bad_evals: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _torch_device(device: str, threads: int) -> tuple[Any, str, DistInfo]:
+    """(torch device, its type, the distributed setup) for ``device`` (``"auto"``, ``"cpu"``, ``"cuda[:N]"``)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev_type = torch.device(device).type
+    dist_info = init_distributed(dev_type)
+    if dev_type == "cuda":
+        dev = torch.device("cuda", dist_info.local_rank if dist_info.enabled else (torch.device(device).index or 0))
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return dev, dev_type, dist_info
+
+
+def _run_plan(config: dict[str, Any], dev_type: str) -> RunPlan:
+    """Read and check the configuration; the augmentation and loss values used are written back into it."""
+    from resunet_trt.model import ResUNetConfig, check_plane_size
+
+    pcfg = config["preprocess"]
+    plane = (int(pcfg["plane_size"][0]), int(pcfg["plane_size"][1]))
+    context = int(pcfg["context"])
+    model_cfg = ResUNetConfig.from_dict({**config["model"], "in_channels": context, "num_classes": 3})
+    check_plane_size(model_cfg, plane)
+    sampling = SamplingConfig(**config["sampling"])
+    if sampling.crop_size is not None:
+        check_plane_size(model_cfg, sampling.crop_size)
+    augment = AugmentConfig.from_dict(config["augment"])
+    loss_cfg = LossConfig.from_dict(config["loss"])
+    config["augment"], config["loss"] = _jsonable(asdict(augment)), _jsonable(asdict(loss_cfg))  # values used
+    ocfg = config["optim"]
+    return RunPlan(
+        plane=plane,
+        context=context,
+        window=(float(pcfg["window"][0]), float(pcfg["window"][1])),
+        pixel_mm=None if pcfg.get("pixel_mm") is None else float(pcfg["pixel_mm"]),
+        slice_mm=None if pcfg.get("slice_mm") is None else float(pcfg["slice_mm"]),
+        model_cfg=model_cfg,
+        sampling=sampling,
+        augment=augment,
+        loss=loss_cfg,
+        optim=ocfg,
+        val=config["val"],
+        seed=int(config["seed"]),
+        batch_size=int(ocfg["batch_size"]),
+        epochs=int(ocfg["epochs"]),
+        amp_dtype=_amp_dtype(ocfg["amp"], dev_type),
+        init_from=None if config.get("init_from") is None else str(config["init_from"]),
+    )
+
+
+def _prepare_data(config: dict[str, Any], plan: RunPlan) -> tuple[list[PreparedCase], list[PreparedCase]]:
+    """(training cases, validation cases) as network input, every file checked before the first step."""
+    t0 = time.perf_counter()
+    train_cases, val_cases = _collect_cases(config)
+    prep = Sampling(window=plan.window, plane_size=plan.plane, context=plan.context, pixel_mm=plan.pixel_mm,
+                    slice_mm=plan.slice_mm, divisor=plan.model_cfg.divisor, dtype=config["data"]["cache_dtype"])
+    train_prep = [prepare_case(c, prep) for c in train_cases]
+    val_prep = [prepare_case(c, prep) for c in val_cases]
+    if bool(plan.val["on_train_cases"]):  # an overfitting check: score the training cases themselves
+        val_prep += [c for c in train_prep if not c.name.startswith("phantom-")]
+    logger.info(
+        "data: %d training cases (%s), %d validation cases (%s), prepared in %.1f s",
+        len(train_prep), ", ".join(c.name for c in train_prep), len(val_prep),
+        ", ".join(c.name for c in val_prep) or "none", time.perf_counter() - t0,
+    )
+    return train_prep, val_prep
+
+
+def _build_state(
+    plan: RunPlan, dev: Any, dist_info: DistInfo, *, total_steps: int, warmup_steps: int,
+    resume_from: Path | None,
+) -> RunState:
+    """Model, optimiser, schedule and scaler, seeded; restored exactly from ``resume_from`` when given."""
+    import torch
+    from resunet_trt.model import ResUNet
+
+    ocfg = plan.optim
+    _seed_everything(epoch_seed(plan.seed, -1))
+    model = ResUNet(plan.model_cfg).to(dev)
+    if plan.init_from is not None and resume_from is None:
+        _init_weights_from(model, Path(plan.init_from), plan)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(ocfg["lr"]), weight_decay=float(ocfg["weight_decay"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(step, total=total_steps, warmup=warmup_steps, schedule=str(ocfg["schedule"]),
+                               power=float(ocfg["poly_power"]), min_ratio=float(ocfg["min_lr_ratio"])),
+    )
+    scaler = torch.amp.GradScaler(dev.type, enabled=plan.amp_dtype == torch.float16)
+    state = RunState(model=model, net=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    if resume_from is not None:
+        saved = torch.load(resume_from, map_location=dev, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        _set_rng_state(saved["rng"])
+        state.start_epoch, state.best, state.bad_evals = int(saved["epoch"]), saved["best"], int(saved["bad_evals"])
+        state.history = json.loads(saved["history"])
+        logger.info("resumed from %s at epoch %d", resume_from, state.start_epoch)
+        if state.start_epoch >= plan.epochs and dist_info.is_main:
+            logger.warning("the run in %s has already finished (%d of %d epochs): nothing to train; to train "
+                           "longer, resume with --override optim.epochs=N (N > %d)", resume_from.parent,
+                           state.start_epoch, plan.epochs, plan.epochs)
+    if dist_info.enabled:
+        state.net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    return state
+
+
+def _train_epoch(
+    state: RunState, loader: Any, plan: RunPlan, dev: Any, *, steps: int, bar_label: str | None,
+) -> tuple[int, dict[str, float]]:
+    """One epoch of optimiser steps (at most ``steps``); returns the steps taken and the summed loss parts."""
+    import torch
+
+    from training.losses import segmentation_loss
+
+    ocfg, amp_dtype = plan.optim, plan.amp_dtype
+    state.model.train()
+    sums: dict[str, float] = {}
+    n_steps = 0
+    bar = progress_bar(loader, enabled=bar_label is not None, desc=bar_label, total=steps, leave=False,
+                       dynamic_ncols=True)
+    for x, y, liver_only in bar:
+        x, y, liver_only = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), liver_only.to(dev)
+        state.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = state.net(x)
+        loss, parts = segmentation_loss(logits, y, liver_only, plan.loss)
+        state.scaler.scale(loss).backward()
+        if float(ocfg["grad_clip"]) > 0:
+            state.scaler.unscale_(state.optimizer)
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), float(ocfg["grad_clip"]))
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        n_steps += 1
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if bar_label is not None and hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{state.scheduler.get_last_lr()[0]:.2e}")
+        if n_steps >= steps:
+            break
+    return n_steps, sums
+
+
+def _validate_epoch(
+    state: RunState, record: dict[str, Any], val_prep: list[PreparedCase], plan: RunPlan, dev: Any,
+    dist_info: DistInfo,
+) -> tuple[dict[str, Any] | None, bool, bool]:
+    """Score the validation cases (on the main rank); returns (scores, improved, stop early)."""
+    vcfg = plan.val
+    scores, improved, stop = None, False, False
+    if dist_info.is_main:
+        scores = validate(state.model, val_prep, device=dev, batch_size=int(vcfg["batch_size"]),
+                          amp_dtype=plan.amp_dtype)
+        record["val"] = _jsonable(scores)
+        score = scores["mean_dice"]
+        improved = state.best is None or score > state.best or not bool(vcfg["select_best"])
+        if improved:
+            state.best, state.bad_evals = score, 0
+        else:
+            state.bad_evals += 1
+        patience = int(vcfg["early_stop_patience"])
+        stop = patience > 0 and state.bad_evals >= patience
+        logger.info("epoch %d: loss %.4f, val mean Dice %.4f (liver %.4f, tumor %s)%s", record["epoch"],
+                    record.get("train_loss", float("nan")), score, scores.get("liver_dice", float("nan")),
+                    f"{scores['tumor_dice']:.4f}" if "tumor_dice" in scores else "n/a",
+                    " *" if improved else "")
+    return scores, improved, _broadcast_flag(stop, dist_info)
+
+
+def _save_resume_state(state: RunState, path: Path, epoch: int) -> None:
+    """Everything :func:`_build_state` needs to continue exactly after ``epoch``, written atomically."""
+    _atomic_torch_save(
+        {
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict(),
+            "rng": _rng_state(),
+            "epoch": epoch,
+            "best": state.best,
+            "bad_evals": state.bad_evals,
+            "history": json.dumps(state.history),
+        },
+        path,
+    )
+
+
 def train(
     config: dict[str, Any],
     *,
@@ -497,6 +741,10 @@ def train(
     stop_after: int | None = None,
 ) -> TrainResult:
     """Run (or resume) a training described by ``config`` (see DEFAULT_CONFIG and training/configs/default.yaml).
+
+    The steps: the device, the plan the configuration fixes (:class:`RunPlan`), the data (every file checked
+    before the first step), the model state (:class:`RunState`, restored exactly on resume), then per epoch:
+    optimiser steps, validation and the choice of the best checkpoint, and the checkpoints.
 
     Args:
         config: the full configuration.
@@ -511,105 +759,31 @@ def train(
     """
     import torch
     from resunet_trt.metadata import ModelMetadata
-    from resunet_trt.model import ResUNet, ResUNetConfig, check_plane_size, count_parameters, save_checkpoint
+    from resunet_trt.model import count_parameters, save_checkpoint
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from training.losses import segmentation_loss
-
     config = json.loads(json.dumps(config, default=str))  # paths -> str: the config is written as YAML and JSON
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev_type = torch.device(device).type
-    dist_info = init_distributed(dev_type)
-    if dev_type == "cuda":
-        dev = torch.device("cuda", dist_info.local_rank if dist_info.enabled else (torch.device(device).index or 0))
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
-    if int(config.get("threads", 0)) > 0:
-        torch.set_num_threads(int(config["threads"]))
-
+    dev, dev_type, dist_info = _torch_device(device, int(config.get("threads", 0)))
     run_dir = Path(config["run_dir"])
     state_path = run_dir / "resume.pt"
     if resume and not state_path.is_file():
         raise ValueError(f"--resume: no resume state at {state_path}")
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    plan = _run_plan(config, dev_type)
+    epochs, batch_size = plan.epochs, plan.batch_size
 
-    pcfg = config["preprocess"]
-    plane = (int(pcfg["plane_size"][0]), int(pcfg["plane_size"][1]))
-    context = int(pcfg["context"])
-    window = (float(pcfg["window"][0]), float(pcfg["window"][1]))
-    model_cfg = ResUNetConfig.from_dict({**config["model"], "in_channels": context, "num_classes": 3})
-    check_plane_size(model_cfg, plane)
-    sampling = SamplingConfig(**config["sampling"])
-    if sampling.crop_size is not None:
-        check_plane_size(model_cfg, sampling.crop_size)
-    augment = AugmentConfig.from_dict(config["augment"])
-    loss_cfg = LossConfig.from_dict(config["loss"])
-    config["augment"], config["loss"] = _jsonable(asdict(augment)), _jsonable(asdict(loss_cfg))  # values used
-    ocfg, vcfg = config["optim"], config["val"]
-    seed = int(config["seed"])
-    batch_size = int(ocfg["batch_size"])
-    epochs = int(ocfg["epochs"])
-    amp_dtype = _amp_dtype(ocfg["amp"], dev_type)
-
-    # ---- data: every file is checked before the first step
-    t0 = time.perf_counter()
-    train_cases, val_cases = _collect_cases(config)
-    pixel_mm = None if pcfg.get("pixel_mm") is None else float(pcfg["pixel_mm"])
-    slice_mm = None if pcfg.get("slice_mm") is None else float(pcfg["slice_mm"])
-    prep = Sampling(window=window, plane_size=plane, context=context, pixel_mm=pixel_mm, slice_mm=slice_mm,
-                    divisor=model_cfg.divisor, dtype=config["data"]["cache_dtype"])
-    train_prep = [prepare_case(c, prep) for c in train_cases]
-    val_prep = [prepare_case(c, prep) for c in val_cases]
-    if bool(config["val"]["on_train_cases"]):  # an overfitting check: score the training cases themselves
-        val_prep += [c for c in train_prep if not c.name.startswith("phantom-")]
-    logger.info(
-        "data: %d training cases (%s), %d validation cases (%s), prepared in %.1f s",
-        len(train_prep), ", ".join(c.name for c in train_prep), len(val_prep),
-        ", ".join(c.name for c in val_prep) or "none", time.perf_counter() - t0,
-    )
+    train_prep, val_prep = _prepare_data(config, plan)
     tumors = TumorConfig.from_dict(config.get("synthetic_tumors") or {"probability": 0.0})
-    dataset = SliceDataset(train_prep, sampling, augment, seed, tumors=tumors, window=window)
-    per_rank = sampling.samples_per_epoch // dist_info.world_size
-    steps_per_epoch = max(1, per_rank // batch_size)
-    total_steps = steps_per_epoch * epochs
-    warmup_steps = round(float(ocfg["warmup_epochs"]) * steps_per_epoch)
+    dataset = SliceDataset(train_prep, plan.sampling, plan.augment, plan.seed, tumors=tumors, window=plan.window)
+    steps_per_epoch = max(1, plan.sampling.samples_per_epoch // dist_info.world_size // batch_size)
+    state = _build_state(plan, dev, dist_info, total_steps=steps_per_epoch * epochs,
+                         warmup_steps=round(float(plan.optim["warmup_epochs"]) * steps_per_epoch),
+                         resume_from=state_path if resume else None)
+    model, history = state.model, state.history
 
-    # ---- model, optimizer, schedule
-    _seed_everything(epoch_seed(seed, -1))
-    model = ResUNet(model_cfg).to(dev)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(ocfg["lr"]), weight_decay=float(ocfg["weight_decay"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: lr_factor(step, total=total_steps, warmup=warmup_steps, schedule=str(ocfg["schedule"]),
-                               power=float(ocfg["poly_power"]), min_ratio=float(ocfg["min_lr_ratio"])),
-    )
-    scaler = torch.amp.GradScaler(dev_type, enabled=amp_dtype == torch.float16)
-    start_epoch, best, bad_evals, history = 0, None, 0, []
-    if resume:
-        state = torch.load(state_path, map_location=dev, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        start_epoch, best, bad_evals = int(state["epoch"]), state["best"], int(state["bad_evals"])
-        history = json.loads(state["history"])
-        logger.info("resumed from %s at epoch %d", state_path, start_epoch)
-        if start_epoch >= epochs and dist_info.is_main:
-            logger.warning("the run in %s has already finished (%d of %d epochs): nothing to train; to train "
-                           "longer, resume with --override optim.epochs=N (N > %d)", run_dir, start_epoch, epochs,
-                           epochs)
-    net: Any = model
-    if dist_info.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev_type == "cuda" else None
-        )
-
-    metadata = ModelMetadata(plane_size=plane, context=context, window=window, model_config=model_cfg.to_dict(),
-                             pixel_mm=pixel_mm, slice_mm=slice_mm)
+    metadata = ModelMetadata(plane_size=plan.plane, context=plan.context, window=plan.window,
+                             model_config=plan.model_cfg.to_dict(), pixel_mm=plan.pixel_mm, slice_mm=plan.slice_mm)
     summary_base = {
         "command": command or "",
         "config": json.loads(json.dumps(config)),
@@ -622,10 +796,10 @@ def train(
     if dist_info.is_main:
         import yaml
 
-        _atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         if command:
             record_command(run_dir / "command.txt", command)
-        logger.info("model: %s, %d parameters; %d epochs x %d steps of %d slices%s", model_cfg.widths,
+        logger.info("model: %s, %d parameters; %d epochs x %d steps of %d slices%s", plan.model_cfg.widths,
                     count_parameters(model), epochs, steps_per_epoch, batch_size,
                     f" x {dist_info.world_size} ranks" if dist_info.enabled else "")
 
@@ -639,10 +813,9 @@ def train(
     progress = bool(config.get("progress", True)) and dist_info.is_main
     workers = int(config["loader"]["workers"])
     last_val: dict[str, Any] | None = None
-    stop = False
-    epoch = start_epoch
+    start_epoch = state.start_epoch
     for epoch in range(start_epoch, epochs):
-        ep_seed = epoch_seed(seed, epoch)
+        ep_seed = epoch_seed(plan.seed, epoch)
         _seed_everything(ep_seed)
         dataset.set_epoch(epoch)
         sampler = (
@@ -655,61 +828,23 @@ def train(
             worker_init_fn=_worker_init if workers > 0 else None, pin_memory=dev_type == "cuda",
             generator=torch.Generator().manual_seed(ep_seed),
         )
-        model.train()
-        sums: dict[str, float] = {}
-        n_steps = 0
         t_ep = time.perf_counter()
-        bar = _progress(loader, progress, f"epoch {epoch + 1}/{epochs}", steps_per_epoch)
-        for x, y, liver_only in bar:
-            x, y, liver_only = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), liver_only.to(dev)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(dev_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = net(x)
-            loss, parts = segmentation_loss(logits, y, liver_only, loss_cfg)
-            scaler.scale(loss).backward()
-            if float(ocfg["grad_clip"]) > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(ocfg["grad_clip"]))
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            n_steps += 1
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if progress and hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if n_steps >= steps_per_epoch:
-                break
+        n_steps, sums = _train_epoch(state, loader, plan, dev, steps=steps_per_epoch,
+                                     bar_label=f"epoch {epoch + 1}/{epochs}" if progress else None)
         elapsed = time.perf_counter() - t_ep
         record: dict[str, Any] = {
             "epoch": epoch + 1,
-            "lr": scheduler.get_last_lr()[0],
+            "lr": state.scheduler.get_last_lr()[0],
             "seconds": round(elapsed, 3),
             "slices_per_s": round(n_steps * batch_size * dist_info.world_size / max(elapsed, 1e-9), 2),
             **{f"train_{k}": v / max(1, n_steps) for k, v in sums.items()},
         }
 
-        every = int(vcfg["every"])
-        is_last = epoch + 1 == epochs
-        if val_prep and every > 0 and ((epoch + 1) % every == 0 or is_last):
-            improved = False
-            if dist_info.is_main:
-                last_val = validate(model, val_prep, device=dev, batch_size=int(vcfg["batch_size"]),
-                                    amp_dtype=amp_dtype)
-                record["val"] = _jsonable(last_val)
-                score = last_val["mean_dice"]
-                improved = best is None or score > best or not bool(vcfg["select_best"])
-                if improved:
-                    best, bad_evals = score, 0
-                else:
-                    bad_evals += 1
-                patience = int(vcfg["early_stop_patience"])
-                stop = patience > 0 and bad_evals >= patience
-                logger.info("epoch %d: loss %.4f, val mean Dice %.4f (liver %.4f, tumor %s)%s", epoch + 1,
-                            record.get("train_loss", float("nan")), score, last_val.get("liver_dice", float("nan")),
-                            f"{last_val['tumor_dice']:.4f}" if "tumor_dice" in last_val else "n/a",
-                            " *" if improved else "")
-            stop = _broadcast_flag(stop, dist_info)
+        every = int(plan.val["every"])
+        stop = False
+        if val_prep and every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+            scores, improved, stop = _validate_epoch(state, record, val_prep, plan, dev, dist_info)
+            last_val = scores if scores is not None else last_val
             history.append(record)
             if dist_info.is_main and improved:
                 save_inference(run_dir / "best.pt", epoch + 1, last_val)
@@ -722,20 +857,7 @@ def train(
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             save_inference(run_dir / "last.pt", epoch + 1, last_val)
-            _atomic_torch_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": _rng_state(),
-                    "epoch": epoch + 1,
-                    "best": best,
-                    "bad_evals": bad_evals,
-                    "history": json.dumps(history),
-                },
-                state_path,
-            )
+            _save_resume_state(state, state_path, epoch + 1)
         if dist_info.enabled:
             import torch.distributed as dist
 
@@ -744,17 +866,18 @@ def train(
             logger.info("stopping after epoch %d as asked; continue with --resume", epoch + 1)
             break
         if stop:
-            logger.info("early stopping after epoch %d (no improvement in %d validations)", epoch + 1, bad_evals)
+            logger.info("early stopping after epoch %d (no improvement in %d validations)", epoch + 1,
+                        state.bad_evals)
             break
 
     if dist_info.is_main and not val_prep:
         save_inference(run_dir / "best.pt", len(history), None)
     summary = ""
     if dist_info.is_main:
-        summary = describe_best(history, best_path=run_dir / "best.pt", select_best=bool(vcfg["select_best"]),
+        summary = describe_best(history, best_path=run_dir / "best.pt", select_best=bool(plan.val["select_best"]),
                                 n_val=len(val_prep), epochs=epochs)
     model.eval()
-    return TrainResult(model=model, run_dir=run_dir, best_metric=best, history=history, best_summary=summary)
+    return TrainResult(model=model, run_dir=run_dir, best_metric=state.best, history=history, best_summary=summary)
 
 
 def _broadcast_flag(flag: bool, dist_info: DistInfo) -> bool:
@@ -768,14 +891,6 @@ def _broadcast_flag(flag: bool, dist_info: DistInfo) -> bool:
         t = t.cuda()
     dist.broadcast(t, src=0)
     return bool(t.item())
-
-
-def _progress(it: Any, enabled: bool, desc: str, total: int) -> Any:
-    if not enabled:
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -849,9 +964,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import shutil
 
         args.export.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.export.with_name(f".{args.export.name}.tmp")
-        shutil.copyfile(result.run_dir / "best.pt", tmp)
-        os.replace(tmp, args.export)
+        with atomic_write(args.export) as tmp:
+            shutil.copyfile(result.run_dir / "best.pt", tmp)
         print(f"exported {result.run_dir / 'best.pt'} -> {args.export}")
     if result.best_summary:
         print(result.best_summary)
