@@ -1,6 +1,7 @@
-"""Training data: case discovery, validation, case-level split, preprocessing cache and slice sampling.
+"""Training data: case loading and validation, case-level split, preprocessing cache and slice sampling.
 
-A *case* is one CT volume with its label volume. Three layouts are read:
+Cases are found by :mod:`resunet_trt.datasets` (its names are importable from here too). A *case* is one CT
+volume with its label volume. Three layouts are read:
 
 * LiTS: ``volume-N.nii[.gz]`` with ``segmentation-N.nii[.gz]`` in one folder;
 * MSD Task03: ``imagesTr/liver_N.nii.gz`` with ``labelsTr/liver_N.nii.gz``;
@@ -24,60 +25,29 @@ the start of training (the result is cached per case). Augmentation then works o
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import hashlib
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from resunet_trt.datasets import (
+    CASE_LIST_COLUMNS,
+    LABEL_KINDS,
+    CaseSpec,
+    find_cases,
+    find_lits,
+    find_msd,
+    is_slice_set,
+    read_case_list,
+    slice_set_case,
+)
 
 logger = logging.getLogger(__name__)
 
-LABEL_KINDS = ("full", "liver_only", "negative")
 SLICE_SET_SPACING = (3.0, 1.6, 1.6)  # assumed (dz, dy, dx) of 256x256 slice sets (512-pixel CT at ~0.8 mm, halved)
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-@dataclass(frozen=True)
-class CaseSpec:
-    """Where one case lives.
-
-    Attributes:
-        name: a short unique id (used in splits and logs).
-        image: CT file (NIfTI) or DICOM series folder.
-        label: label NIfTI.
-        kind: ``"full"`` (0/1/2 labels), ``"liver_only"`` (liver mask; tumor not annotated) or ``"negative"``
-            (no label file; every voxel is background).
-        label_map: (value, class) pairs applied to the label file; values not listed become background. None
-            reads the file as 0/1/2.
-        spacing: (dz, dy, dx) in mm replacing the image header's, or None.
-        slices: (start, stop) canonical slices to keep, or None for all.
-        weight: sampling weight of each of the case's slices (1.0: like any other slice).
-        slice_set: a folder of 2D slices (``images/`` + ``masks/`` JPEGs) rather than a volume.
-    """
-
-    name: str
-    image: Path
-    label: Path | None
-    kind: str = "full"
-    label_map: tuple[tuple[int, int], ...] | None = None
-    spacing: tuple[float, float, float] | None = None
-    slices: tuple[int, int] | None = None
-    weight: float = 1.0
-    slice_set: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kind not in LABEL_KINDS:
-            raise ValueError(f"case {self.name}: kind must be one of {LABEL_KINDS}, got {self.kind!r}")
-        if (self.label is None) != (self.kind == "negative"):
-            raise ValueError(f"case {self.name}: a label file is needed unless the kind is 'negative'")
-        if not (self.weight > 0 and np.isfinite(self.weight)):
-            raise ValueError(f"case {self.name}: weight must be > 0, got {self.weight}")
 
 
 @dataclass
@@ -101,165 +71,6 @@ class Case:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     weight: float = 1.0
     slice_set: bool = False
-
-
-def _strip_nifti(name: str) -> str | None:
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
-def _index_by_stem(folder: Path, pattern: re.Pattern[str]) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        stem = _strip_nifti(p.name)
-        if stem is None:
-            continue
-        m = pattern.fullmatch(stem)
-        if m:
-            out[m.group(1)] = p
-    return out
-
-
-def _pair(
-    images: dict[str, Path], labels: dict[str, Path], *, prefix: str, where: Path
-) -> list[CaseSpec]:
-    missing = [images[k] for k in images if k not in labels]
-    if missing:
-        raise ValueError(f"no label file for image {missing[0]} (expected its label in {where})")
-    orphans = [labels[k] for k in labels if k not in images]
-    if orphans:
-        logger.warning("label files without an image are ignored: %s", ", ".join(map(str, orphans)))
-
-    def order(k: str) -> tuple[int, str]:
-        return (int(k), k) if k.isdigit() else (1 << 30, k)
-
-    return [CaseSpec(name=f"{prefix}{k}", image=images[k], label=labels[k]) for k in sorted(images, key=order)]
-
-
-def find_lits(folder: str | Path) -> list[CaseSpec]:
-    """LiTS layout: ``volume-N.nii[.gz]`` + ``segmentation-N.nii[.gz]`` in ``folder``."""
-    folder = Path(folder)
-    images = _index_by_stem(folder, re.compile(r"volume-(\d+)"))
-    labels = _index_by_stem(folder, re.compile(r"segmentation-(\d+)"))
-    if not images:
-        raise ValueError(f"{folder}: no volume-N.nii[.gz] files (LiTS layout)")
-    return _pair(images, labels, prefix="lits-", where=folder)
-
-
-def find_msd(folder: str | Path) -> list[CaseSpec]:
-    """MSD Task03 layout: ``imagesTr/liver_N.nii.gz`` + ``labelsTr/liver_N.nii.gz`` under ``folder``."""
-    folder = Path(folder)
-    img_dir, lab_dir = folder / "imagesTr", folder / "labelsTr"
-    if not img_dir.is_dir():
-        raise ValueError(f"{folder}: no imagesTr folder (MSD Task03 layout)")
-    pattern = re.compile(r"(?!\._)\w*?_(\d+)")
-    images = _index_by_stem(img_dir, pattern)
-    labels = _index_by_stem(lab_dir, pattern) if lab_dir.is_dir() else {}
-    if not images:
-        raise ValueError(f"{img_dir}: no liver_N.nii.gz files (MSD Task03 layout)")
-    return _pair(images, labels, prefix="msd-", where=lab_dir)
-
-
-CASE_LIST_COLUMNS = ("image", "label", "kind", "label_map", "spacing", "slices", "weight")
-
-
-def _parse_label_map(text: str, where: str) -> tuple[tuple[int, int], ...]:
-    pairs = []
-    for item in text.replace(",", " ").split():
-        value, _, cls = item.partition(":")
-        try:
-            pair = (int(value), int(cls))
-        except ValueError:
-            raise ValueError(f"{where}: label_map must be 'value:class' pairs like '5:1', got {text!r}") from None
-        if pair[1] not in (0, 1, 2):
-            raise ValueError(f"{where}: label_map classes must be 0, 1 or 2, got {text!r}")
-        pairs.append(pair)
-    return tuple(pairs)
-
-
-def _parse_spacing(text: str, where: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.replace(",", " ").split())
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(0 < v < 100 for v in values):
-        raise ValueError(f"{where}: spacing must be three sizes in mm 'dz dy dx', got {text!r}")
-    return values  # type: ignore[return-value]
-
-
-def _parse_slices(text: str, where: str) -> tuple[int, int]:
-    start, sep, stop = text.partition(":")
-    try:
-        out = (int(start) if start.strip() else 0, int(stop) if stop.strip() else 1 << 30)
-    except ValueError:
-        out = (0, 0)
-    if not sep or out[0] < 0 or out[1] <= out[0]:
-        raise ValueError(f"{where}: slices must be 'start:stop' with 0 <= start < stop, got {text!r}")
-    return out
-
-
-def read_case_list(path: str | Path) -> list[CaseSpec]:
-    """A CSV/list of ``image,label[,kind]`` lines (``#`` comments), or a CSV whose header names any of
-    :data:`CASE_LIST_COLUMNS` (``image`` is required; see :class:`CaseSpec` for the others).
-
-    Relative paths are taken relative to the list file's folder; a folder of 2D slices (``images/`` +
-    ``masks/``) may stand as the image, with an empty label.
-    """
-    path = Path(path)
-    specs: list[CaseSpec] = []
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and not r[0].lstrip().startswith("#")]
-    header = ["image", "label", "kind"]
-    if rows and [c.strip().lower() for c in rows[0][:1]] == ["image"]:
-        header = [c.strip().lower() for c in rows[0]]
-        unknown = [c for c in header if c not in CASE_LIST_COLUMNS]
-        if unknown:
-            raise ValueError(f"{path}: unknown columns {unknown}; known: {', '.join(CASE_LIST_COLUMNS)}")
-        rows = rows[1:]
-
-    def resolve(cell: str) -> Path:
-        return Path(cell) if Path(cell).is_absolute() else (path.parent / cell).resolve()
-
-    for lineno, row in enumerate(rows, 1):
-        where = f"{path}: entry {lineno}"
-        cells = dict(zip(header, (c.strip() for c in row)))
-        image_cell, label_cell = cells.get("image", ""), cells.get("label", "")
-        kind = cells.get("kind") or "full"
-        if kind not in LABEL_KINDS:
-            raise ValueError(f"{where}: kind must be one of {LABEL_KINDS}, got {kind!r}")
-        image = resolve(image_cell) if image_cell else None
-        slice_set = image is not None and is_slice_set(image)
-        if image is None or (not label_cell and kind != "negative" and not slice_set):
-            raise ValueError(f"{where} must be 'image,label[,kind]' (label empty only for kind negative), got {row!r}")
-        spec = slice_set_case(image, name=image.name) if slice_set else CaseSpec(
-            name=_case_name_from(image), image=image, label=resolve(label_cell) if label_cell else None, kind=kind,
-        )
-        specs.append(dataclasses.replace(
-            spec,
-            label_map=_parse_label_map(cells["label_map"], where) if cells.get("label_map") else None,
-            spacing=_parse_spacing(cells["spacing"], where) if cells.get("spacing") else None,
-            slices=_parse_slices(cells["slices"], where) if cells.get("slices") else None,
-            weight=float(cells["weight"]) if cells.get("weight") else 1.0,
-        ))
-    if not specs:
-        raise ValueError(f"{path}: the case list is empty")
-    names = [s.name for s in specs]
-    for i, n in enumerate(names):  # the same image listed twice (e.g. its liver and its thorax) gets a suffix
-        if names.count(n) > 1:
-            specs[i] = dataclasses.replace(specs[i], name=f"{n}-{names[:i].count(n) + 1}")
-    return specs
-
-
-def is_slice_set(folder: Path) -> bool:
-    """True for a folder of 2D slices: ``images/`` and ``masks/`` holding JPEG or PNG files of the same names."""
-    return folder.is_dir() and (folder / "images").is_dir() and (folder / "masks").is_dir()
-
-
-def slice_set_case(folder: Path, *, name: str | None = None) -> CaseSpec:
-    """A slice set as one liver-only case (its masks merge liver and tumor)."""
-    return CaseSpec(name=name or folder.name, image=folder, label=folder, kind="liver_only", slice_set=True)
 
 
 # Each file-name prefix of the MSD slice sets stores the slices turned one way; np.rot90 turns them back to the
@@ -301,55 +112,6 @@ def load_slice_set(spec: CaseSpec) -> Case:
         name=spec.name, hu=np.ascontiguousarray(np.stack(hu)), labels=np.ascontiguousarray(np.stack(labels)),
         kind="liver_only", spacing=spec.spacing or SLICE_SET_SPACING, weight=spec.weight, slice_set=True,
     )
-
-
-def _case_name_from(image: Path) -> str:
-    stem = _strip_nifti(image.name) or image.name
-    # one folder per case (…/case/ct.nii.gz): the folder is the informative part
-    return image.parent.name if stem in ("ct", "image", "volume", "img", "series", "dicom") else stem
-
-
-def find_cases(source: str | Path, *, kind: str | None = None) -> list[CaseSpec]:
-    """Discover cases in a folder (LiTS, MSD Task03, or one ``ct.nii.gz`` + ``label.nii.gz`` case) or a list file.
-
-    Args:
-        source: folder or ``.csv``/``.txt`` list.
-        kind: force the label kind of every case found (``"full"`` or ``"liver_only"``).
-
-    Returns:
-        the case specs, in a stable order.
-    """
-    source = Path(source)
-    if not source.exists():
-        raise ValueError(f"data source does not exist: {source}")
-    if source.is_file():
-        specs = read_case_list(source)
-    elif is_slice_set(source):
-        specs = [slice_set_case(source)]
-    elif (source / "imagesTr").is_dir():
-        specs = find_msd(source)
-    elif any(_strip_nifti(p.name) and p.name.startswith("volume-") for p in source.iterdir()):
-        specs = find_lits(source)
-    elif any((source / f"ct{s}").is_file() for s in NIFTI_SUFFIXES):
-        image = next(source / f"ct{s}" for s in NIFTI_SUFFIXES if (source / f"ct{s}").is_file())
-        labels = sorted(p for p in source.iterdir() if _strip_nifti(p.name) and p.name != image.name)
-        if not labels:
-            raise ValueError(f"no label file for image {image} (expected label.nii.gz beside it)")
-        label = next((p for p in labels if _strip_nifti(p.name) == "label"), labels[0])
-        specs = [CaseSpec(name=source.name, image=image, label=label)]
-    else:
-        raise ValueError(
-            f"{source}: empty or unrecognised data folder (expected LiTS volume-N/segmentation-N files, "
-            "an MSD imagesTr/labelsTr pair, or ct.nii.gz + label.nii.gz)"
-        )
-    if kind is not None:
-        if kind not in LABEL_KINDS:
-            raise ValueError(f"kind must be one of {LABEL_KINDS}, got {kind!r}")
-        specs = [dataclasses.replace(s, kind=kind) for s in specs]
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{source}: duplicate case names {sorted({n for n in names if names.count(n) > 1})}")
-    return specs
 
 
 def load_case(spec: CaseSpec) -> Case:
@@ -677,6 +439,8 @@ def phantom_cases(count: int, *, shape: Sequence[int], spacing: Sequence[float],
 
 
 __all__ = [
+    "CASE_LIST_COLUMNS",
+    "LABEL_KINDS",
     "Case",
     "CaseSpec",
     "PreparedCase",
@@ -687,12 +451,14 @@ __all__ = [
     "find_cases",
     "find_lits",
     "find_msd",
+    "is_slice_set",
     "load_case",
     "phantom_cases",
     "prepare_case",
     "read_case_list",
     "resize_labels_nearest",
     "sample_slices",
+    "slice_set_case",
     "split_cases",
 ]
 

@@ -53,10 +53,11 @@ import numpy as np
 
 from .. import backends
 from .._progress import progress as progress_bar
+from ..engine import tensorrt_available
+from ..results import STAGES
 
 logger = logging.getLogger("resunet_trt.bench")
 
-STAGES = ("read", "upload", "preprocess", "infer", "decode", "postprocess", "download", "write")
 BUNDLED = {
     "torch": ("pt", "torch"),
     "pt": ("pt", "torch"),
@@ -93,15 +94,6 @@ class Variant:
     model: Path | None
     backend: str = "auto"
     precision: str | None = None
-
-
-def tensorrt_available() -> bool:
-    """True when the real TensorRT Python package is importable (not just an empty namespace or stubs)."""
-    try:
-        import tensorrt
-    except ImportError:
-        return False
-    return hasattr(tensorrt, "Builder")
 
 
 def _bundled(kind: str) -> Path:
@@ -205,7 +197,7 @@ def load_inputs(args: argparse.Namespace) -> list[BenchInput]:
 
     inputs: list[BenchInput] = []
     if args.data:
-        from resunet_trt.cli.eval import _natural, data_cases
+        from resunet_trt.datasets import data_cases, natural_key
 
         try:
             cases, notes = data_cases(args.data)
@@ -215,7 +207,7 @@ def load_inputs(args: argparse.Namespace) -> list[BenchInput]:
             logger.warning("%s", note)
         if not cases:
             raise UsageError(f"no case with a CT and a label file found in --data {args.data}")
-        for key in sorted(cases, key=_natural)[: args.cases]:
+        for key in sorted(cases, key=natural_key)[: args.cases]:
             image, label = cases[key]
             t0 = time.perf_counter()
             volume = load_ct(image)
