@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .segmenter import Result
+    from .results import Result
 
 LIVER_RGB = (40, 200, 60)
 TUMOR_RGB = (235, 40, 40)
@@ -287,7 +287,7 @@ def write_overlay(
     view_size: int = 384,
     case: str | None = None,
 ) -> None:
-    """Render the overlay of a :class:`resunet_trt.segmenter.Result` and write it as PNG, atomically.
+    """Render the overlay of a :class:`resunet_trt.results.Result` and write it as PNG, atomically.
 
     Args:
         path: output .png file.
@@ -309,7 +309,7 @@ def write_overlay(
     )
     buf = _stdio.BytesIO()
     image.save(buf, format="PNG")
-    from .io import atomic_write
+    from .files import atomic_write
 
     with atomic_write(path) as tmp, open(tmp, "wb") as fh:
         fh.write(buf.getvalue())
