@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .ct_values import _check_looks_like_ct, _to_int16
-from .geometry import CTVolume, DiskGeometry, _spacing_of
+from .geometry import CTVolume, DiskGeometry
 
 logger = logging.getLogger("resunet_trt.io")
 
@@ -139,15 +139,11 @@ def read_dicom_series(folder: Path, *, series_uid: str | None) -> CTVolume:
     disk = volume.transpose(2, 1, 0)
     _check_looks_like_ct(disk, str(folder))
     geometry = DiskGeometry.from_affine(disk.shape, affine)
-    hu_canonical = np.ascontiguousarray(geometry.to_canonical(disk))
-    canon_affine = geometry.canonical_affine()
     first = slices[0][1]
-    return CTVolume(
-        hu=hu_canonical,
-        spacing=_spacing_of(canon_affine),
-        affine=canon_affine,
+    return CTVolume.from_disk(
+        disk,
+        geometry,
         source=str(folder),
-        geometry=geometry,
         meta={
             "format": "dicom",
             "series_uid": str(first.get("SeriesInstanceUID", "")),

@@ -125,19 +125,12 @@ def write_dicom_seg(
         ImportError: highdicom is not installed.
         OSError: the file cannot be written; no partial file is left behind.
     """
-    from .io import CTVolume, atomic_write
+    from .files import atomic_write
+    from .geometry import check_labels
 
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    if not isinstance(like, CTVolume):
-        raise TypeError(f"like must be a CTVolume, got {type(like).__name__}")
-    if not isinstance(labels, np.ndarray) or not (labels.dtype == np.bool_ or labels.dtype.kind in "iu"):
-        got = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
-        raise TypeError(f"labels must be an integer or bool numpy array, got {got}")
-    if labels.shape != like.shape:
-        raise ValueError(f"labels must have the CT's shape {like.shape} (D, H, W), got {labels.shape}")
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 2):
-        raise ValueError(f"labels must hold 0, 1 or 2, got the range [{labels.min()}, {labels.max()}]")
+    check_labels(labels, like)
     reason = dicom_seg_unavailable_reason(like)
     if reason is not None:
         if reason.startswith("writing DICOM-SEG needs"):

@@ -184,6 +184,26 @@ class CTVolume:
             )
 
     @classmethod
+    def from_disk(cls, data: np.ndarray, geometry: DiskGeometry, *, source: str, meta: dict[str, Any]) -> CTVolume:
+        """The canonical volume of int16 HU ``data`` as stored on disk in ``geometry``.
+
+        Args:
+            data: int16 HU in the file's own axis order and shape (``geometry.shape``).
+            geometry: the file's layout, kept for writing masks back.
+            source: the file or folder it came from.
+            meta: format details (``{"format": "nifti"}``...).
+        """
+        affine = geometry.canonical_affine()
+        return cls(
+            hu=np.ascontiguousarray(geometry.to_canonical(data)),
+            spacing=_spacing_of(affine),
+            affine=affine,
+            source=source,
+            geometry=geometry,
+            meta=meta,
+        )
+
+    @classmethod
     def from_array(
         cls, hu: np.ndarray, *, spacing: Sequence[float], affine: np.ndarray | None = None
     ) -> CTVolume:
@@ -236,3 +256,21 @@ class CTVolume:
         if idx.shape[-1:] != (3,):
             raise ValueError(f"index must have a last axis of 3 (d, h, w), got shape {idx.shape}")
         return idx @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+
+def check_labels(labels: Any, like: CTVolume) -> None:
+    """Refuse a label map that cannot be written for ``like``: TypeError/ValueError naming what is wrong.
+
+    Args:
+        labels: integer or bool numpy array (D, H, W) of ``like``'s shape, values 0, 1 or 2.
+        like: the CT volume the labels belong to.
+    """
+    if not isinstance(like, CTVolume):
+        raise TypeError(f"like must be a CTVolume, got {type(like).__name__}")
+    if not isinstance(labels, np.ndarray) or not (labels.dtype == np.bool_ or labels.dtype.kind in "iu"):
+        got = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
+        raise TypeError(f"labels must be an integer or bool numpy array, got {got}")
+    if labels.shape != like.shape:
+        raise ValueError(f"labels must have the CT's shape {like.shape} (D, H, W), got {labels.shape}")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 2):
+        raise ValueError(f"labels must hold 0, 1 or 2, got the range [{labels.min()}, {labels.max()}]")

@@ -19,7 +19,7 @@ import numpy as np
 from ._checks import checked_path
 from .files import atomic_write
 from .ct_values import _check_looks_like_ct, _to_int16
-from .geometry import AFFINE_ATOL_MM, CTVolume, DiskGeometry, _check_affine, _spacing_of
+from .geometry import AFFINE_ATOL_MM, CTVolume, DiskGeometry, _check_affine, check_labels
 
 logger = logging.getLogger("resunet_trt.io")
 
@@ -163,17 +163,9 @@ def read_nifti_ct(path: Path) -> CTVolume:
     """The CT volume of a NIfTI file (see :func:`resunet_trt.io.load_ct`); errors name the file."""
     data, geometry = _nifti_to_canonical(path)
     _check_looks_like_ct(data, str(path))
-    hu = np.ascontiguousarray(geometry.to_canonical(_to_int16(data, str(path))))
-    affine = geometry.canonical_affine()
-    logger.debug("%s: %s on disk -> %s canonical", path, geometry.shape, hu.shape)
-    return CTVolume(
-        hu=hu,
-        spacing=_spacing_of(affine),
-        affine=affine,
-        source=str(path),
-        geometry=geometry,
-        meta={"format": "nifti"},
-    )
+    volume = CTVolume.from_disk(_to_int16(data, str(path)), geometry, source=str(path), meta={"format": "nifti"})
+    logger.debug("%s: %s on disk -> %s canonical", path, geometry.shape, volume.hu.shape)
+    return volume
 
 
 def load_label(path: PathLike, like: CTVolume, *, max_value: int = 2) -> np.ndarray:
@@ -274,15 +266,7 @@ def save_mask(path: PathLike, labels: np.ndarray, like: CTVolume) -> Path:
     target = Path(path)
     if not target.name.lower().endswith(NIFTI_SUFFIXES):
         raise ValueError(f"path must end in .nii or .nii.gz, got {target}")
-    if not isinstance(like, CTVolume):
-        raise TypeError(f"like must be a CTVolume, got {type(like).__name__}")
-    if not isinstance(labels, np.ndarray) or not (labels.dtype == np.bool_ or labels.dtype.kind in "iu"):
-        got = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
-        raise TypeError(f"labels must be an integer or bool numpy array, got {got}")
-    if labels.shape != like.shape:
-        raise ValueError(f"labels must have the CT's shape {like.shape} (D, H, W), got {labels.shape}")
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 2):
-        raise ValueError(f"labels must hold 0, 1 or 2, got the range [{labels.min()}, {labels.max()}]")
+    check_labels(labels, like)
     geometry = like.geometry
     assert geometry is not None  # set by CTVolume.__post_init__
     disk = np.asarray(geometry.from_canonical(labels.astype(np.uint8, copy=False)))
