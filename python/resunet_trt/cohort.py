@@ -33,62 +33,48 @@ Ray is imported lazily: ``import resunet_trt.cohort`` needs only numpy and nibab
 from __future__ import annotations
 
 import contextlib
-import csv
-import datetime as _dt
-import io as _io
 import json
 import logging
 import math
 import os
-import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .segmenter import MASK_FORMATS, STAGES, output_names
+from .cohort_manifest import (
+    JOURNAL,
+    MANIFEST_COLUMNS,
+    MANIFEST_CSV,
+    MANIFEST_PARQUET,
+    TIMING_COLUMNS,
+    already_done,
+    compact_journal,
+    empty_row,
+    input_identity,
+    ordered_rows,
+    previous_rows,
+    read_case_list,
+    read_manifest,
+    write_manifest,
+)
+from .cohort_worker import EXIT_ONCE_ENV, CohortWorker, load_case
+from .naming import output_names
+from .outputs import MASK_FORMATS
 
 logger = logging.getLogger(__name__)
 
-#: File names inside the output folder.
-MANIFEST_CSV = "cohort_manifest.csv"
-MANIFEST_PARQUET = "cohort_manifest.parquet"
-JOURNAL = ".cohort_journal.jsonl"
-
-#: Per-stage seconds recorded in the manifest: the Segmenter's stages and the case's wall time.
-TIMING_COLUMNS = tuple(f"{stage}_s" for stage in (*STAGES, "total"))
-
-#: The manifest's columns, in order, with their types (str, float, int).
-MANIFEST_COLUMNS: tuple[tuple[str, type], ...] = (
-    ("case", str),
-    ("input", str),
-    ("input_sha256", str),
-    ("series_uid", str),
-    ("status", str),
-    ("error", str),
-    ("liver_ml", float),
-    ("tumor_ml", float),
-    ("tumor_burden", float),
-    ("lesion_count", int),
-    *((name, float) for name in TIMING_COLUMNS),
-    ("node", str),
-    ("device", str),
-    ("backend", str),
-    ("worker", str),
-    ("model_sha256", str),
-    ("attempts", int),
-    ("mask", str),
-    ("dicom_seg", str),
-    ("report", str),
-    ("overlay", str),
-    ("finished_utc", str),
-)
-_COLUMN_TYPES = dict(MANIFEST_COLUMNS)
-
+# The record (manifest, journal, case lists) and the cluster side have modules of their own; their public names
+# stay importable from here.
+__all__ = [
+    "EXIT_ONCE_ENV", "JOURNAL", "MANIFEST_COLUMNS", "MANIFEST_CSV", "MANIFEST_PARQUET", "TIMING_COLUMNS",
+    "CohortSummary", "CohortWorker", "empty_row", "input_identity", "load_case", "read_case_list",
+    "read_manifest", "run_cohort", "write_manifest",
+]
 
 def _import_ray() -> Any:
     try:
@@ -96,309 +82,6 @@ def _import_ray() -> Any:
     except ImportError as exc:
         raise ImportError("cohorts need Ray: pip install 'resunet-trt[cohort]' (ray, pyarrow)") from exc
     return ray
-
-
-# --------------------------------------------------------------------------------------------------
-# Cases and their names
-# --------------------------------------------------------------------------------------------------
-def read_case_list(path: str | os.PathLike[str]) -> list[Path]:
-    """The inputs listed in a CSV file: the ``path`` (or ``input``) column, else the first column.
-
-    Relative paths are taken relative to the CSV's folder. Empty cells are skipped.
-
-    Args:
-        path: a CSV file with a header row.
-
-    Returns:
-        the listed paths, in order.
-
-    Raises:
-        FileNotFoundError: the CSV does not exist.
-        ValueError: the CSV has no header row or lists nothing.
-    """
-    csv_path = Path(path)
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"case list not found: {csv_path}")
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames:
-            raise ValueError(f"{csv_path}: expected a CSV with a header row (e.g. 'path'), got an empty file")
-        fields = [f.strip() for f in reader.fieldnames]
-        column = next((f for f in ("path", "input") if f in fields), fields[0])
-        raw = reader.fieldnames[fields.index(column)]
-        paths = []
-        for row in reader:
-            cell = (row.get(raw) or "").strip()
-            if cell:
-                p = Path(cell).expanduser()
-                paths.append(p if p.is_absolute() else csv_path.parent / p)
-    if not paths:
-        raise ValueError(f"{csv_path}: column {column!r} lists no input")
-    return paths
-
-
-def input_identity(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """What a case's input is, for the manifest and for resuming: ``(sha256 of the file, "")`` for a file,
-    ``("", SeriesInstanceUID)`` for a DICOM folder (``""`` when the folder holds no single series)."""
-    from .engine import sha256_file
-
-    p = Path(path)
-    if p.is_file():
-        return sha256_file(p), ""
-    if not p.is_dir():
-        return "", ""
-    import pydicom
-
-    uids: set[str] = set()
-    for file in sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")):
-        try:
-            ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-        except Exception:  # noqa: BLE001 - not a DICOM file: load_ct skips it too
-            continue
-        uids.add(str(ds.get("SeriesInstanceUID", "")))
-    return "", (uids.pop() if len(uids) == 1 else "")
-
-
-# --------------------------------------------------------------------------------------------------
-# The manifest
-# --------------------------------------------------------------------------------------------------
-def empty_row(case: str, input_path: str) -> dict[str, Any]:
-    """A manifest row with every column, nothing measured yet (status ``failed`` until a worker says ok)."""
-    row: dict[str, Any] = {name: None for name, _ in MANIFEST_COLUMNS}
-    row.update(case=case, input=input_path, status="failed", error="", attempts=0)
-    return row
-
-
-def write_manifest(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write the run manifest, ``cohort_manifest.csv`` and ``cohort_manifest.parquet``, atomically.
-
-    Args:
-        rows: one dict per case with the keys of :data:`MANIFEST_COLUMNS` (missing keys are empty).
-        out_dir: the cohort's output folder.
-
-    Returns:
-        (CSV path, Parquet path).
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from .io import atomic_write
-
-    out = Path(out_dir)
-    names = [name for name, _ in MANIFEST_COLUMNS]
-    text = _io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=names, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in names})
-    csv_path, parquet_path = out / MANIFEST_CSV, out / MANIFEST_PARQUET
-    with atomic_write(csv_path) as tmp:
-        tmp.write_text(text.getvalue(), encoding="utf-8")
-    arrow_type = {str: pa.string(), float: pa.float64(), int: pa.int64()}
-    schema = pa.schema([(name, arrow_type[kind]) for name, kind in MANIFEST_COLUMNS])
-    table = pa.Table.from_pylist([{k: row.get(k) for k in names} for row in rows], schema=schema)
-    with atomic_write(parquet_path) as tmp:
-        pq.write_table(table, tmp)
-    return csv_path, parquet_path
-
-
-def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a manifest CSV back into rows typed as :data:`MANIFEST_COLUMNS` say (empty cells -> None)."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for raw in csv.DictReader(fh):
-            rows.append({k: _typed(k, v) for k, v in raw.items() if k in _COLUMN_TYPES})
-    return rows
-
-
-def _typed(column: str, value: Any) -> Any:
-    if value is None or value == "":
-        return "" if column == "error" else None
-    kind = _COLUMN_TYPES[column]
-    return kind(float(value)) if kind is int else kind(value)
-
-
-def _previous_rows(out: Path) -> dict[str, dict[str, Any]]:
-    """Rows of earlier runs into ``out``, by absolute input path: the journal (later lines win) when present,
-    else the CSV manifest. A line torn by a crash is ignored."""
-    rows: dict[str, dict[str, Any]] = {}
-    journal = out / JOURNAL
-    if journal.is_file():
-        with open(journal, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    logger.warning("%s: skipping a torn line", journal)
-                    continue
-                if isinstance(row, dict) and row.get("input"):
-                    rows[str(row["input"])] = row
-    elif (out / MANIFEST_CSV).is_file():
-        for row in read_manifest(out / MANIFEST_CSV):
-            if row.get("input"):
-                rows[str(row["input"])] = row
-    return rows
-
-
-def _already_done(
-    row: Mapping[str, Any] | None,
-    name: str,
-    model_sha256: str,
-    *,
-    overlay: bool,
-    report: bool,
-    mask_format: str,
-) -> bool:
-    """Whether a previous row stands for this case: ok, same name and model, the outputs asked for present."""
-    if row is None or row.get("status") != "ok" or row.get("case") != name:
-        return False
-    if row.get("model_sha256") != model_sha256:
-        return False
-    wanted = {"auto": ["mask"], "nifti": ["mask"], "dicom-seg": ["dicom_seg"], "both": ["mask", "dicom_seg"]}
-    kinds = wanted[mask_format] + (["report"] if report else []) + (["overlay"] if overlay else [])
-    recorded = [k for k in ("mask", "dicom_seg", "report", "overlay") if row.get(k)]
-    return all(row.get(k) for k in kinds) and all(Path(row[k]).is_file() for k in recorded)
-
-
-# --------------------------------------------------------------------------------------------------
-# What runs on the cluster
-# --------------------------------------------------------------------------------------------------
-def load_case(path: str) -> dict[str, Any]:
-    """Read one case (run as a Ray task, apart from inference): its CTVolume, read seconds and identity.
-
-    Returns:
-        ``{"volume", "read_s", "input_sha256", "series_uid"}``, or ``{"error", ...}`` when it cannot be read
-        (the message names the input).
-    """
-    from .engine import sha256_file
-    from .io import load_ct
-    from .segmenter import _name_file
-
-    p = Path(path)
-    out: dict[str, Any] = {"input_sha256": "", "series_uid": ""}
-    t0 = time.perf_counter()
-    try:
-        volume = load_ct(p)
-        out["read_s"] = time.perf_counter() - t0
-        out["volume"] = volume
-        out["series_uid"] = str(volume.meta.get("series_uid", "")) if p.is_dir() else ""
-    except Exception as exc:  # noqa: BLE001 - a bad case becomes a failed row, not a failed run
-        out["error"] = str(_name_file(exc, path))
-    if p.is_file():
-        with contextlib.suppress(OSError):
-            out["input_sha256"] = sha256_file(p)
-    return out
-
-
-class CohortWorker:
-    """One Segmenter (the model loaded once) that segments cases and writes their outputs (a Ray actor).
-
-    Args:
-        segmenter: keyword arguments of :class:`resunet_trt.segmenter.Segmenter`.
-        out_dir: the output folder (shared by every worker; names are unique per case).
-        overlay: also write PNG overlays.
-        report: also write JSON reports.
-        mask_format: ``"auto"``, ``"nifti"``, ``"dicom-seg"`` or ``"both"`` (see
-            :func:`resunet_trt.segmenter.mask_outputs`).
-        name: the worker's name in the manifest.
-    """
-
-    def __init__(
-        self,
-        segmenter: Mapping[str, Any],
-        out_dir: str,
-        *,
-        overlay: bool,
-        report: bool,
-        mask_format: str,
-        name: str,
-    ) -> None:
-        from .segmenter import Segmenter
-
-        self.segmenter = Segmenter(**dict(segmenter))
-        self.model_sha256 = self.segmenter.model_sha256 or ""
-        self.out_dir = Path(out_dir)
-        self.overlay, self.report, self.mask_format, self.name = overlay, report, mask_format, name
-        self.node = socket.gethostname()
-        self.cases = 0
-
-    def info(self) -> dict[str, Any]:
-        """Where this worker runs and what model it loaded."""
-        import ray
-
-        return {
-            "name": self.name,
-            "node": self.node,
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "device": self.segmenter.device,
-            "backend": self.segmenter.backend.name,
-            "model_sha256": self.model_sha256,
-            "pid": os.getpid(),
-        }
-
-    def segment(self, row: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
-        """Segment one read case and write its outputs; returns its manifest row (status ok or failed)."""
-        from .segmenter import _name_file
-
-        row = dict(row)
-        row.update(
-            node=self.node,
-            device=self.segmenter.device,
-            backend=self.segmenter.backend.name,
-            worker=self.name,
-            model_sha256=self.model_sha256,
-            # None, not "": a CSV cell cannot tell them apart.
-            input_sha256=loaded.get("input_sha256") or None,
-            series_uid=loaded.get("series_uid") or None,
-        )
-        try:
-            if "error" in loaded:
-                raise ValueError(loaded["error"])
-            result = self.segmenter.segment(loaded["volume"])
-            _exit_if_asked(row["input"])
-            result.timings["read"] = float(loaded["read_s"])
-            result.timings["total"] += result.timings["read"]
-            outputs = self.segmenter.write_outputs(
-                result,
-                self.out_dir,
-                row["case"],
-                overlay=self.overlay,
-                report=self.report,
-                mask_format=self.mask_format,
-            )
-        except Exception as exc:  # noqa: BLE001 - recorded in the row, the run goes on
-            row.update(status="failed", error=str(_name_file(exc, row["input"])))
-            logger.error("%s", row["error"])
-        else:
-            row.update(
-                status="ok",
-                error="",
-                liver_ml=float(result.liver_volume_ml),
-                tumor_ml=float(result.tumor_volume_ml),
-                tumor_burden=float(result.tumor_burden),
-                lesion_count=len(result.lesions),
-                **{f"{k}_s": float(result.timings.get(k, 0.0)) for k in (*STAGES, "total")},
-                **{kind: str(p) for kind, p in outputs.items()},
-            )
-            self.cases += 1
-        row["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        return row
-
-
-#: Fault injection for tests of worker loss: ``"<text>|<marker file>"`` makes a worker exit abruptly (as if
-#: killed) once it has segmented a case whose input path contains ``<text>``, before writing anything; once:
-#: the marker file records that it did.
-EXIT_ONCE_ENV = "RESUNET_COHORT_EXIT_ONCE"
-
-
-def _exit_if_asked(input_path: str) -> None:
-    spec = os.environ.get(EXIT_ONCE_ENV, "")
-    text, _, marker = spec.partition("|")
-    if text and marker and text in input_path and not os.path.exists(marker):
-        Path(marker).touch()
-        logger.warning("%s=%r: this worker exits now, on %s", EXIT_ONCE_ENV, spec, input_path)
-        time.sleep(0.5)  # as a real crash would, long after the previous case's reply went out
-        os._exit(1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -643,12 +326,12 @@ def run_cohort(
     logger.info("cohort: %d workers %s, model sha256 %s", count, resources, model_sha[:12])
 
     # Resume: earlier rows that stand for this case, with the same input, model and outputs.
-    previous = _previous_rows(out) if resume else {}
+    previous = previous_rows(out) if resume else {}
     rows: dict[str, dict[str, Any]] = {}
     candidates = [
         i
         for i, key in enumerate(keys)
-        if _already_done(
+        if already_done(
             previous.get(key), names[i], model_sha, overlay=overlay, report=report, mask_format=mask_format
         )
     ]
@@ -686,7 +369,7 @@ def run_cohort(
         if on_case is not None:
             on_case(row)
         if time.perf_counter() - last_flush >= flush_seconds:
-            write_manifest(_ordered(rows, keys), out)
+            write_manifest(ordered_rows(rows, keys), out)
             last_flush = time.perf_counter()
 
     def submit(worker: str, index: int, attempts: int) -> None:
@@ -761,10 +444,10 @@ def run_cohort(
         for actor, _ in workers.values():
             with contextlib.suppress(Exception):
                 ray.kill(actor)
-        summary.rows = _ordered(rows, keys)
+        summary.rows = ordered_rows(rows, keys)
         summary.manifest = write_manifest(summary.rows, out)
         # The journal is compacted to one line per input, keeping rows of inputs this run did not list.
-        _compact_journal(out, {**previous, **rows})
+        compact_journal(out, {**previous, **rows})
         summary.seconds = time.perf_counter() - t_start
     return summary
 
@@ -790,15 +473,3 @@ def _checked_segmenter_options(options: Mapping[str, Any] | None) -> dict[str, A
             "(model, device and backend are run_cohort's own arguments)"
         )
     return dict(options)
-
-
-def _ordered(rows: Mapping[str, dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
-    return [rows[k] for k in keys if k in rows]
-
-
-def _compact_journal(out: Path, rows: Mapping[str, Mapping[str, Any]]) -> None:
-    from .io import atomic_write
-
-    with atomic_write(out / JOURNAL) as tmp:
-        lines = [json.dumps(r, allow_nan=False) + "\n" for r in rows.values()]
-        tmp.write_text("".join(lines), encoding="utf-8")
