@@ -665,7 +665,7 @@ def test_build_engine_dynamic_plane_profile(tmp_path, monkeypatch, fake_gpu, onn
         {**export.read_onnx_metadata(onnx_fp32).to_dict(), "plane_size": [256, 256], "pixel_mm": 1.25}
     )
     meta = ModelMetadata.from_dict({**meta.to_dict(), "model_config": {**meta.model_config, "depth": 5}})
-    monkeypatch.setattr(export, "read_onnx_metadata", lambda path: meta)
+    monkeypatch.setattr(E, "read_onnx_metadata", lambda path: meta)
     trt, calls = _fake_tensorrt("10.13.0.35", input_shape=(-1, 3, -1, -1))
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     plan = E.build_engine(onnx_fp32, tmp_path / "m.plan", max_batch=16, max_plane=640)

@@ -7,10 +7,15 @@ returns (class names), so that a model is never run on inputs it was not trained
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
 
 CLASS_NAMES = ("background", "liver", "tumor")
 NORMALISATIONS = ("window01",)
@@ -163,3 +168,71 @@ def current_versions() -> dict[str, str]:
         if mod is not None:
             out[name] = str(getattr(mod, "__version__", "unknown"))
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metadata in an ONNX file (onnx is imported only when a file is read)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def set_onnx_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """Store ``metadata`` as JSON in ``model.metadata_props`` (replacing an earlier entry), in place."""
+    kept = [p for p in model.metadata_props if p.key != ONNX_METADATA_KEY]
+    del model.metadata_props[:]
+    for prop in kept:
+        model.metadata_props.add(key=prop.key, value=prop.value)
+    model.metadata_props.add(key=ONNX_METADATA_KEY, value=metadata.to_json())
+
+
+def metadata_from_onnx_model(model: onnx.ModelProto, *, source: str = "ONNX model") -> ModelMetadata:
+    """The :class:`ModelMetadata` stored in a loaded ONNX model.
+
+    Raises:
+        ValueError: when the model carries no resunet-trt metadata, or it is malformed.
+    """
+    for prop in model.metadata_props:
+        if prop.key == ONNX_METADATA_KEY:
+            return ModelMetadata.from_json(prop.value, source=source)
+    keys = sorted(p.key for p in model.metadata_props)
+    raise ValueError(
+        f"{source} has no resunet-trt metadata (metadata_props key {ONNX_METADATA_KEY!r}; keys present: "
+        f"{keys or 'none'}); export it with resunet_trt.export.export_onnx"
+    )
+
+
+def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load an ONNX file with a clear error when it is missing or not a valid ONNX protobuf.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the file is not a readable ONNX model.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {p}")
+    try:
+        model = onnx.load(str(p))
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise ValueError(f"{p} is not a readable ONNX model (corrupt or truncated file?): {exc}") from exc
+    if len(model.graph.node) == 0:
+        raise ValueError(f"{p} is not a readable ONNX model: it has no graph nodes (corrupt or empty file?)")
+    return model
+
+
+def read_onnx_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
+    """Read the :class:`ModelMetadata` of an ONNX file written by :mod:`resunet_trt.export`.
+
+    Args:
+        path: the .onnx file.
+
+    Returns:
+        The metadata, with ``precision`` saying which variant the file is.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the file is not a valid ONNX model or carries no resunet-trt metadata.
+    """
+    return metadata_from_onnx_model(load_onnx(path), source=str(path))
