@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .options import add_backend_option, add_output_options, add_progress_options, run_main, setup_logging
 from .seg import _output_folder_problem, expand_inputs
 
 
@@ -45,12 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="model file (.pt, .onnx, .plan); default: the bundled model")
     parser.add_argument("--device", default="auto",
                         help="auto (GPUs when the cluster has them), cpu or cuda (default: %(default)s)")
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=("auto", "tensorrt", "openvino", "onnxruntime", "torch"),
-        help="inference backend (default: auto)",
-    )
+    add_backend_option(parser)
     parser.add_argument(
         "--batch-size", type=int, default=None, help="slices per network batch (default: the Segmenter's, 16)"
     )
@@ -60,21 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="tumor components smaller than this become liver (default: the Segmenter's, 65 mm3)",
     )
-    parser.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
-    parser.add_argument(
-        "--format",
-        dest="mask_format",
-        default="auto",
-        choices=("auto", "nifti", "dicom-seg", "both"),
-        help="mask format (as resunet-seg; default auto: a DICOM-SEG too for DICOM input)",
-    )
-    parser.add_argument(
-        "--report", action=argparse.BooleanOptionalAction, default=True,
-        help="write <case>_report.json (default: %(default)s)",
+    add_output_options(
+        parser, format_help="mask format (as resunet-seg; default auto: a DICOM-SEG too for DICOM input)"
     )
     parser.add_argument("--no-resume", action="store_true", help="redo cases an earlier run already did")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    add_progress_options(parser)
     return parser
 
 
@@ -98,19 +84,13 @@ def collect_cases(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 all ok, 1 a case failed, 2 bad usage, 130 Ctrl-C)."""
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        print("resunet-cohort: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    return run_main(_main, argv, "resunet-cohort: interrupted; rerun the same command to resume")
 
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(args.verbose)
     # The cohort's own lines (workers, skipped cases, progress without tqdm) are worth seeing on a long run.
     logging.getLogger("resunet_trt.cohort").setLevel(logging.INFO)
     for flag, value, low in (

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import glob
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from .options import add_backend_option, add_output_options, add_progress_options, run_main, setup_logging
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -79,12 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--out", "--output", dest="out", required=True, help="output folder")
     parser.add_argument("--model", default=None, help="model file (.pt, .onnx, .plan); default: the bundled model")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=("auto", "tensorrt", "openvino", "onnxruntime", "torch"),
-        help="inference backend (default: auto)",
-    )
+    add_backend_option(parser)
     parser.add_argument(
         "--precision",
         default=None,
@@ -95,18 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16, help="slices per network batch (default: 16)")
     parser.add_argument("--min-lesion-voxels", type=int, default=10,
                         help="smaller tumor components become liver (default: %(default)s)")
-    parser.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
-    parser.add_argument(
-        "--format",
-        dest="mask_format",
-        default="auto",
-        choices=("auto", "nifti", "dicom-seg", "both"),
-        help="mask format: <case>_mask.nii.gz (nifti), <case>_seg.dcm (dicom-seg, DICOM input only), both; "
+    add_output_options(
+        parser,
+        format_help="mask format: <case>_mask.nii.gz (nifti), <case>_seg.dcm (dicom-seg, DICOM input only), both; "
         "auto (default): both for DICOM input, nifti otherwise",
-    )
-    parser.add_argument(
-        "--report", action=argparse.BooleanOptionalAction, default=True,
-        help="write <case>_report.json (default: %(default)s)",
     )
     parser.add_argument(
         "--series-uid",
@@ -114,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="UID",
         help="SeriesInstanceUID to read from DICOM folders that hold several series (the error lists them)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    add_progress_options(parser)
     return parser
 
 
@@ -162,21 +149,15 @@ def _output_folder_problem(out: Path) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 all ok, 1 a case failed, 2 bad usage, 130 Ctrl-C)."""
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        # Every output is written atomically and a case's outputs are removed when it is cut short, so what
-        # remains in the output folder is whole; only the traceback is worth sparing.
-        print("resunet-seg: interrupted", file=sys.stderr)
-        return 130
+    # Every output is written atomically and a case's outputs are removed when it is cut short, so what
+    # remains in the output folder is whole after Ctrl-C; only the traceback is worth sparing.
+    return run_main(_main, argv, "resunet-seg: interrupted")
 
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(args.verbose)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.min_lesion_voxels < 0:
