@@ -14,7 +14,7 @@ from 2.5 mm to 30 mm), clamped to at least one voxel and to the liver's size.
 Generation works slab by slab (16 slices): each shape is evaluated only inside its bounding box, with
 separable 1D terms broadcast over the box, into a uint8 tissue map. The tissue map gives the labels through one
 lookup and the HU image through another, then a [1, 2, 1] partial-volume blur along each axis (slabs carry one
-halo slice on each side) and Gaussian noise (cut from a small bank, see ``_NoiseBank``). Peak memory is the two
+halo slice on each side) and Gaussian noise (cut from a small bank, see ``NoiseBank``). Peak memory is the two
 outputs plus a few slab buffers; a 512 x 512 x 400 phantom takes a few seconds on two cores.
 """
 
@@ -23,12 +23,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._checks import checked_spacing
+from .phantom_shapes import Ellipsoid, Grid, NoiseBank, blur121, paint
 
 __all__ = ["TISSUE_HU", "make_phantom"]
 
@@ -62,87 +62,6 @@ TISSUE_HU: dict[str, float] = {
 }
 
 _SLAB = 16  # slices per slab: a few MB of float32 buffers at 512 x 512
-
-
-@dataclass(frozen=True)
-class _Ellipsoid:
-    """An axis-aligned ellipsoid in (u, v, t) with an optional smooth boundary modulation.
-
-    Inside means ``((u-cu)/au)^2 + ((v-cv)/av)^2 + ((t-ct)/at)^2 <= 1 + lob(u, v, t)``, with
-    ``lob = amp * sin(fu*u + pu) * cos(fv*v + pv) * cos(ft*t + pt)`` (separable, hence cheap to broadcast).
-    ``at = inf`` makes a cylinder along D.
-    """
-
-    tissue: int
-    center: tuple[float, float, float]
-    semi: tuple[float, float, float]
-    only_on: int | None = None  # paint only where the tissue map already holds this id
-    lob: tuple[float, float, float, float, float, float, float] | None = None  # amp, fu, pu, fv, pv, ft, pt
-
-    def margin(self) -> float:
-        return math.sqrt(1.0 + (abs(self.lob[0]) if self.lob else 0.0))
-
-    def value(self, u: np.ndarray, v: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Implicit value (<= 0 inside) at broadcastable coordinate arrays."""
-        cu, cv, ct = self.center
-        au, av, at = self.semi
-        val = ((u - cu) / au) ** 2 + ((v - cv) / av) ** 2 - 1.0
-        if math.isfinite(at):
-            val = val + ((t - ct) / at) ** 2
-        if self.lob is not None:
-            amp, fu, pu, fv, pv, ft, pt = self.lob
-            val = val - amp * np.sin(fu * u + pu) * np.cos(fv * v + pv) * np.cos(ft * t + pt)
-        return val
-
-
-class _Grid:
-    """Normalised coordinates of one slab (with halo) and the bounding-box arithmetic."""
-
-    def __init__(self, shape: tuple[int, int, int], d0: int, d1: int) -> None:
-        depth, height, width = shape
-        self.shape = shape
-        self.d0 = d0
-        self.t = ((np.arange(d0, d1, dtype=np.float32) + 0.5) / depth).astype(np.float32)
-        self.v = ((np.arange(height, dtype=np.float32) + 0.5) / height * 2.0 - 1.0).astype(np.float32)
-        self.u = ((np.arange(width, dtype=np.float32) + 0.5) / width * 2.0 - 1.0).astype(np.float32)
-
-    @staticmethod
-    def _range(lo: float, hi: float, n: int, to_index) -> tuple[int, int]:
-        i0 = max(0, math.floor(to_index(lo)))
-        i1 = min(n, math.ceil(to_index(hi)) + 1)
-        return i0, i1
-
-    def box(self, center: tuple[float, float, float], semi: tuple[float, float, float], margin: float):
-        """Index slices (slab-relative) of the bounding box, or None when it misses the slab."""
-        depth, height, width = self.shape
-        (cu, cv, ct), (au, av, at) = center, semi
-        w0, w1 = self._range(
-            cu - au * margin, cu + au * margin, width, lambda x: (x + 1.0) * width / 2.0 - 0.5
-        )
-        h0, h1 = self._range(
-            cv - av * margin, cv + av * margin, height, lambda x: (x + 1.0) * height / 2.0 - 0.5
-        )
-        n = self.t.size
-        if math.isfinite(at):
-            d0, d1 = self._range(ct - at * margin, ct + at * margin, depth, lambda x: x * depth - 0.5)
-            d0, d1 = max(d0 - self.d0, 0), min(d1 - self.d0, n)
-        else:
-            d0, d1 = 0, n
-        if w0 >= w1 or h0 >= h1 or d0 >= d1:
-            return None
-        return slice(d0, d1), slice(h0, h1), slice(w0, w1)
-
-
-def _paint(tissue: np.ndarray, grid: _Grid, shape: _Ellipsoid) -> None:
-    box = grid.box(shape.center, shape.semi, shape.margin())
-    if box is None:
-        return
-    sd, sh, sw = box
-    inside = shape.value(grid.u[None, None, sw], grid.v[None, sh, None], grid.t[sd, None, None]) <= 0.0
-    target = tissue[sd, sh, sw]
-    if shape.only_on is not None:
-        inside &= target == shape.only_on
-    np.copyto(target, np.uint8(shape.tissue), where=inside)
 
 
 def _check_shape(shape: Any) -> tuple[int, int, int]:
@@ -195,9 +114,9 @@ class _Anatomy:
 
         liver_shift = (jit(0.03), jit(0.03), jit(0.02))
 
-        def liver_lobe(c: tuple[float, float, float], s: tuple[float, float, float]) -> _Ellipsoid:
+        def liver_lobe(c: tuple[float, float, float], s: tuple[float, float, float]) -> Ellipsoid:
             center = (c[0] + liver_shift[0], c[1] + liver_shift[1], c[2] + liver_shift[2])
-            return _Ellipsoid(_LIVER, center, s, only_on=_CAVITY, lob=lob(0.18))
+            return Ellipsoid(_LIVER, center, s, only_on=_CAVITY, lob=lob(0.18))
 
         self.liver_lobes = [
             liver_lobe((-0.42, 0.02, 0.70), (0.34, 0.40, 0.27)),  # right lobe
@@ -206,29 +125,29 @@ class _Anatomy:
             liver_lobe((-0.14, 0.14, 0.70), (0.10, 0.10, 0.11)),  # caudate
         ]
         self.before_liver = [
-            _Ellipsoid(_LUNG, (-0.40, 0.12, 1.10), (0.30, 0.36, 0.17), only_on=_CAVITY),
-            _Ellipsoid(_LUNG, (0.40, 0.12, 1.08), (0.30, 0.36, 0.17), only_on=_CAVITY),
+            Ellipsoid(_LUNG, (-0.40, 0.12, 1.10), (0.30, 0.36, 0.17), only_on=_CAVITY),
+            Ellipsoid(_LUNG, (0.40, 0.12, 1.08), (0.30, 0.36, 0.17), only_on=_CAVITY),
         ]
         kidney_t = (0.36 + jit(0.03), 0.40 + jit(0.03))
         self.after_liver = [
-            _Ellipsoid(_GALLBLADDER, (-0.30, -0.16, 0.52 + jit(0.03)), (0.07, 0.09, 0.07)),
-            _Ellipsoid(
+            Ellipsoid(_GALLBLADDER, (-0.30, -0.16, 0.52 + jit(0.03)), (0.07, 0.09, 0.07)),
+            Ellipsoid(
                 _SPLEEN, (0.55, 0.22, 0.70 + jit(0.03)), (0.14, 0.22, 0.13), only_on=_CAVITY, lob=lob(0.12)
             ),
-            _Ellipsoid(_KIDNEY, (-0.32, 0.36, kidney_t[0]), (0.09, 0.12, 0.13)),
-            _Ellipsoid(_KIDNEY_SINUS, (-0.29, 0.34, kidney_t[0]), (0.035, 0.05, 0.07)),
-            _Ellipsoid(_KIDNEY, (0.32, 0.36, kidney_t[1]), (0.09, 0.12, 0.13)),
-            _Ellipsoid(_KIDNEY_SINUS, (0.29, 0.34, kidney_t[1]), (0.035, 0.05, 0.07)),
-            _Ellipsoid(_AORTA, (0.07, 0.26, 0.0), (0.045, 0.045, math.inf)),
-            _Ellipsoid(_IVC, (-0.13, 0.22, 0.0), (0.05, 0.035, math.inf)),
+            Ellipsoid(_KIDNEY, (-0.32, 0.36, kidney_t[0]), (0.09, 0.12, 0.13)),
+            Ellipsoid(_KIDNEY_SINUS, (-0.29, 0.34, kidney_t[0]), (0.035, 0.05, 0.07)),
+            Ellipsoid(_KIDNEY, (0.32, 0.36, kidney_t[1]), (0.09, 0.12, 0.13)),
+            Ellipsoid(_KIDNEY_SINUS, (0.29, 0.34, kidney_t[1]), (0.035, 0.05, 0.07)),
+            Ellipsoid(_AORTA, (0.07, 0.26, 0.0), (0.045, 0.045, math.inf)),
+            Ellipsoid(_IVC, (-0.13, 0.22, 0.0), (0.05, 0.035, math.inf)),
             # Paraspinal muscles, then the vertebra: body (cortex + cancellous), arch, canal, spinous process.
-            _Ellipsoid(_MUSCLE, (-0.14, 0.50, 0.0), (0.10, 0.07, math.inf)),
-            _Ellipsoid(_MUSCLE, (0.14, 0.50, 0.0), (0.10, 0.07, math.inf)),
-            _Ellipsoid(_CORTICAL, (0.0, 0.40, 0.0), (0.085, 0.075, math.inf)),
-            _Ellipsoid(_CANCELLOUS, (0.0, 0.40, 0.0), (0.070, 0.060, math.inf)),
-            _Ellipsoid(_CORTICAL, (0.0, 0.515, 0.0), (0.060, 0.050, math.inf)),
-            _Ellipsoid(_CSF, (0.0, 0.515, 0.0), (0.032, 0.030, math.inf)),
-            _Ellipsoid(_CORTICAL, (0.0, 0.58, 0.0), (0.016, 0.040, math.inf)),
+            Ellipsoid(_MUSCLE, (-0.14, 0.50, 0.0), (0.10, 0.07, math.inf)),
+            Ellipsoid(_MUSCLE, (0.14, 0.50, 0.0), (0.10, 0.07, math.inf)),
+            Ellipsoid(_CORTICAL, (0.0, 0.40, 0.0), (0.085, 0.075, math.inf)),
+            Ellipsoid(_CANCELLOUS, (0.0, 0.40, 0.0), (0.070, 0.060, math.inf)),
+            Ellipsoid(_CORTICAL, (0.0, 0.515, 0.0), (0.060, 0.050, math.inf)),
+            Ellipsoid(_CSF, (0.0, 0.515, 0.0), (0.032, 0.030, math.inf)),
+            Ellipsoid(_CORTICAL, (0.0, 0.58, 0.0), (0.016, 0.040, math.inf)),
         ]
         self.spine_center = (0.0, 0.40)
         self.disc_phase = float(rng.uniform(0, 1))
@@ -243,7 +162,7 @@ class _Anatomy:
         # thin ellipsoids painted on liver only, after the tumors, so they never cut a lesion.
         ivc_u, ivc_v = -0.13, 0.22
         self.vessels = [
-            _Ellipsoid(
+            Ellipsoid(
                 _HEPATIC_VESSEL,
                 (ivc_u + du + jit(0.02), ivc_v + dv + jit(0.02), 0.80 + jit(0.03)),
                 (0.018, 0.018, 0.14),
@@ -251,19 +170,19 @@ class _Anatomy:
             )
             for du, dv in ((-0.20, -0.05), (-0.08, -0.22), (0.12, -0.25))
         ] + [
-            _Ellipsoid(
+            Ellipsoid(
                 _HEPATIC_VESSEL,
                 (-0.30 + jit(0.03), 0.08 + jit(0.03), 0.62 + jit(0.03)),
                 (0.20, 0.02, 0.02),
                 only_on=_LIVER,
             ),
-            _Ellipsoid(
+            Ellipsoid(
                 _HEPATIC_VESSEL,
                 (-0.45 + jit(0.03), -0.08 + jit(0.03), 0.70 + jit(0.03)),
                 (0.02, 0.17, 0.02),
                 only_on=_LIVER,
             ),
-            _Ellipsoid(
+            Ellipsoid(
                 _HEPATIC_VESSEL,
                 (-0.05 + jit(0.03), -0.15 + jit(0.03), 0.72 + jit(0.03)),
                 (0.16, 0.02, 0.02),
@@ -391,10 +310,10 @@ class _Anatomy:
         return tumors
 
     # -- one slab ----------------------------------------------------------------------------------------------------
-    def tissue_slab(self, d0: int, d1: int) -> tuple[np.ndarray, _Grid]:
+    def tissue_slab(self, d0: int, d1: int) -> tuple[np.ndarray, Grid]:
         """uint8 tissue map (d1-d0, H, W) of slices [d0, d1)."""
         _depth, height, width = self.shape
-        grid = _Grid(self.shape, d0, d1)
+        grid = Grid(self.shape, d0, d1)
         u, v, t = grid.u[None, None, :], grid.v[None, :, None], grid.t[:, None, None]
         tissue = np.zeros((d1 - d0, height, width), dtype=np.uint8)
         cu, cv = self.body_center
@@ -410,12 +329,12 @@ class _Anatomy:
             inside = du2 * (1.0 / su**2) + dv2 * (1.0 / sv**2) <= 1.0
             np.copyto(tissue, np.uint8(tid), where=inside)
         for organ in self.before_liver + self.liver_lobes:
-            _paint(tissue, grid, organ)
+            paint(tissue, grid, organ)
         self._paint_tumors(tissue, d0, d1)
         for vessel in self.vessels:
-            _paint(tissue, grid, vessel)
+            paint(tissue, grid, vessel)
         for organ in self.after_liver:
-            _paint(tissue, grid, organ)
+            paint(tissue, grid, organ)
         self._paint_discs(tissue, grid)
         self._paint_ribs(tissue, grid)
         return tissue, grid
@@ -439,11 +358,11 @@ class _Anatomy:
             if tumor["core_hu"] != tumor["hu"]:
                 np.copyto(target, np.uint8(_TUMOR_BASE + 2 * k + 1), where=on_liver & (r2 <= 0.25))
 
-    def _paint_discs(self, tissue: np.ndarray, grid: _Grid) -> None:
+    def _paint_discs(self, tissue: np.ndarray, grid: Grid) -> None:
         # A 36 mm vertebral period: 8 mm of disc replaces the vertebral body.
         z_mm = grid.t * self.z_extent_mm
         disc_slices = np.flatnonzero((z_mm / 36.0 + self.disc_phase) % 1.0 < 8.0 / 36.0)
-        vertebral_body = _Ellipsoid(_DISC, (*self.spine_center, 0.0), (0.085, 0.075, math.inf))
+        vertebral_body = Ellipsoid(_DISC, (*self.spine_center, 0.0), (0.085, 0.075, math.inf))
         box = grid.box(vertebral_body.center, vertebral_body.semi, 1.0)
         if box is None or disc_slices.size == 0:
             return
@@ -454,7 +373,7 @@ class _Anatomy:
             bone = (target == _CORTICAL) | (target == _CANCELLOUS)
             np.copyto(target, np.uint8(_DISC), where=bone & in_body)
 
-    def _paint_ribs(self, tissue: np.ndarray, grid: _Grid) -> None:
+    def _paint_ribs(self, tissue: np.ndarray, grid: Grid) -> None:
         z_mm = grid.t * self.z_extent_mm
         for i, t in enumerate(grid.t):
             if t < 0.42:
@@ -466,7 +385,7 @@ class _Anatomy:
                     continue
                 a = angle + drift * float(t)
                 centre = (self.body_center[0] + su * math.cos(a), self.body_center[1] + sv * math.sin(a), 0.0)
-                rib = _Ellipsoid(_RIB, centre, (0.022, 0.016, math.inf))
+                rib = Ellipsoid(_RIB, centre, (0.022, 0.016, math.inf))
                 box = grid.box(rib.center, rib.semi, 1.0)
                 if box is None:
                     continue
@@ -474,7 +393,7 @@ class _Anatomy:
                 inside = rib.value(grid.u[None, sw], grid.v[sh, None], grid.t[i : i + 1, None]) <= 0.0
                 np.copyto(tissue[i, sh, sw], np.uint8(_RIB), where=inside)
 
-    def hu_slab(self, tissue: np.ndarray, grid: _Grid) -> np.ndarray:
+    def hu_slab(self, tissue: np.ndarray, grid: Grid) -> np.ndarray:
         """float32 HU (before blur and noise) of a tissue slab."""
         hu = self.hu_lut[tissue]
         # Bowel and mesenteric fat: a smooth separable mixture between -70 and 40 HU.
@@ -487,55 +406,6 @@ class _Anatomy:
         cavity = tissue == _CAVITY
         np.copyto(hu, (-15.0 + 55.0 * mix).astype(np.float32), where=cavity)
         return hu
-
-
-def _blur121(a: np.ndarray, axis: int) -> np.ndarray:
-    """Unnormalised [1, 2, 1] filter along ``axis`` (sum of weights 4) with edge replication, in float32.
-
-    Three array passes instead of five: the 1/4 of each axis is applied once, at the end, by the caller.
-    """
-    out = a + a
-    n = a.shape[axis]
-    if n == 1:
-        return out + out
-    lo = [slice(None)] * a.ndim
-    hi = [slice(None)] * a.ndim
-    lo[axis], hi[axis] = slice(0, n - 1), slice(1, n)
-    out[tuple(hi)] += a[tuple(lo)]
-    out[tuple(lo)] += a[tuple(hi)]
-    first = [slice(None)] * a.ndim
-    last = [slice(None)] * a.ndim
-    first[axis], last[axis] = slice(0, 1), slice(n - 1, n)
-    out[tuple(first)] += a[tuple(first)]
-    out[tuple(last)] += a[tuple(last)]
-    return out
-
-
-class _NoiseBank:
-    """Gaussian noise for whole slices, cut from a small bank at random offsets.
-
-    Drawing 100 M normals costs seconds; a bank of 16 slices (padded by 32 pixels) costs a fraction of that.
-    Each output slice takes one bank slice at a random (row, column) shift: its noise is white and Gaussian
-    with the requested sigma, and two slices share values only in the rare case of the same slice and shift.
-    """
-
-    _SLICES = 16
-    _PAD = 32
-
-    def __init__(self, shape: tuple[int, int, int], sigma: float, rng: np.random.Generator) -> None:
-        depth, height, width = shape
-        k = min(self._SLICES, depth)
-        self.height, self.width = height, width
-        self.bank = rng.standard_normal((k, height + self._PAD, width + self._PAD), dtype=np.float32)
-        self.bank *= np.float32(sigma)
-        self.which = rng.integers(0, k, size=depth)
-        self.shift = rng.integers(0, self._PAD + 1, size=(depth, 2))
-
-    def add_to(self, hu: np.ndarray, d0: int) -> None:
-        """Add noise to slices [d0, d0 + len(hu)) in place."""
-        for i in range(hu.shape[0]):
-            oy, ox = self.shift[d0 + i]
-            hu[i] += self.bank[self.which[d0 + i], oy : oy + self.height, ox : ox + self.width]
 
 
 def make_phantom(
@@ -593,7 +463,7 @@ def make_phantom(
 
     layout_seq, noise_seq = np.random.SeedSequence(int(seed)).spawn(2)
     anatomy = _Anatomy(dims, steps, np.random.default_rng(layout_seq), n_tumors)
-    bank = _NoiseBank(dims, noise, np.random.default_rng(noise_seq)) if noise > 0 else None
+    bank = NoiseBank(dims, noise, np.random.default_rng(noise_seq)) if noise > 0 else None
 
     depth = dims[0]
     ct = np.empty(dims, dtype=np.int16)
@@ -608,7 +478,7 @@ def make_phantom(
         del tissue
         # Blur along D on the slab with its halo, then keep the core slices: the halo makes the blur exact
         # across slab borders, and the volume's own edges replicate.
-        hu = _blur121(_blur121(_blur121(hu, 1), 2), 0)[core]
+        hu = blur121(blur121(blur121(hu, 1), 2), 0)[core]
         hu *= np.float32(1.0 / 64.0)  # the three [1, 2, 1] filters' normalisation
         if bank is not None:
             bank.add_to(hu, s0)
