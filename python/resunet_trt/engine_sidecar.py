@@ -18,7 +18,7 @@ from typing import Any
 
 from .engine_profiles import BatchProfile, PlaneProfile, parse_version, same_tensorrt_release
 from .files import atomic_write_bytes
-from .metadata import ModelMetadata
+from .metadata import ModelMetadata, checked_record
 
 logger = logging.getLogger("resunet_trt.engine")
 
@@ -108,26 +108,13 @@ class EngineSidecar:
     @classmethod
     def from_dict(cls, d: Any, *, source: str = "sidecar") -> EngineSidecar:
         """Parse a sidecar dict; ValueError naming ``source`` and the field when it is malformed."""
-        if not isinstance(d, dict):
-            raise ValueError(  # noqa: TRY004 - a malformed file is a value problem for the caller
-                f"{source}: engine sidecar must be a JSON object, got {type(d).__name__}"
-            )
-        required = (
-            "metadata",
-            "plan_sha256",
-            "tensorrt_version",
-            "compute_capability",
-            "device_name",
-            "profile",
+        schema = checked_record(
+            d,
+            ("metadata", "plan_sha256", "tensorrt_version", "compute_capability", "device_name", "profile"),
+            newest=SIDECAR_SCHEMA,
+            what="engine sidecar",
+            source=source,
         )
-        missing = [k for k in required if k not in d]
-        if missing:
-            raise ValueError(f"{source}: engine sidecar lacks {', '.join(missing)}")
-        schema = int(d.get("schema", SIDECAR_SCHEMA))
-        if schema > SIDECAR_SCHEMA:
-            raise ValueError(
-                f"{source}: sidecar schema {schema} is newer than this resunet-trt understands ({SIDECAR_SCHEMA})"
-            )
         try:
             cc = d["compute_capability"]
             if len(cc) != 2:

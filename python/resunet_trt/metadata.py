@@ -79,19 +79,10 @@ class ModelMetadata:
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "metadata") -> ModelMetadata:
         """Build from a dict, with an error naming ``source`` when fields are missing or wrong."""
-        if not isinstance(d, dict):
-            # The wrong shape of a file's content, not a wrong argument type: ValueError like other bad content.
-            raise ValueError(f"{source}: model metadata must be a JSON object, got {type(d).__name__}")  # noqa: TRY004
-        required = ("plane_size", "context", "window", "class_names")
-        missing = [k for k in required if k not in d]
-        if missing:
-            raise ValueError(f"{source}: model metadata lacks {', '.join(missing)}")
-        schema = int(d.get("schema", SCHEMA_VERSION))
-        if schema > SCHEMA_VERSION:
-            raise ValueError(
-                f"{source}: metadata schema {schema} is newer than this resunet-trt understands "
-                f"({SCHEMA_VERSION}); upgrade resunet-trt"
-            )
+        schema = checked_record(
+            d, ("plane_size", "context", "window", "class_names"), newest=SCHEMA_VERSION, what="model metadata",
+            source=source,
+        )
         try:
             return cls(
                 plane_size=(int(d["plane_size"][0]), int(d["plane_size"][1])),
@@ -156,6 +147,35 @@ def validate(m: ModelMetadata) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {m.precision!r}")
     if len(m.class_names) < 2:
         raise ValueError(f"class_names needs at least 2 entries, got {m.class_names}")
+
+
+
+def checked_record(d: Any, required: tuple[str, ...], *, newest: int, what: str, source: str) -> int:
+    """Check a record read from a file (metadata, engine sidecar) and return its schema version.
+
+    Args:
+        d: the parsed JSON.
+        required: keys it must hold.
+        newest: the newest schema this version of resunet-trt reads.
+        what: what the record is, for the messages ("model metadata").
+        source: where it was read from, for the messages.
+
+    Raises:
+        ValueError: not a JSON object, a required key missing, or a schema newer than ``newest``.
+    """
+    if not isinstance(d, dict):
+        # The wrong shape of a file's content, not a wrong argument type: ValueError like other bad content.
+        raise ValueError(f"{source}: {what} must be a JSON object, got {type(d).__name__}")  # noqa: TRY004
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise ValueError(f"{source}: {what} lacks {', '.join(missing)}")
+    schema = int(d.get("schema", newest))
+    if schema > newest:
+        raise ValueError(
+            f"{source}: {what} schema {schema} is newer than this resunet-trt understands ({newest}); upgrade "
+            "resunet-trt"
+        )
+    return schema
 
 
 def current_versions() -> dict[str, str]:
