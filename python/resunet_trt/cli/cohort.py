@@ -21,8 +21,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .options import add_backend_option, add_output_options, add_progress_options, run_main, setup_logging
-from .seg import _output_folder_problem, expand_inputs
+from .options import (
+    add_backend_option,
+    add_output_options,
+    add_progress_options,
+    run_main,
+    runnable_output,
+    setup_logging,
+)
+from .seg import expand_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,15 +116,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except (OSError, ValueError) as exc:
         print(f"resunet-cohort: {exc}", file=sys.stderr)
         return 2
-    for spec in missing:
-        print(f"resunet-cohort: {spec}: no file matches", file=sys.stderr)
-    if not cases:
-        print("resunet-cohort: no input to segment", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    problem = _output_folder_problem(out)
-    if problem is not None:
-        print(f"resunet-cohort: {problem}", file=sys.stderr)
+    out = runnable_output("resunet-cohort", cases, missing, args.out)
+    if out is None:
         return 2
 
     try:

@@ -36,8 +36,10 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from .._progress import progress as progress_bar
 # case_key, discover and file_kind stay importable from here, as before they moved to resunet_trt.datasets.
@@ -119,34 +121,41 @@ def _pairs_from_folders(args: argparse.Namespace) -> tuple[list[tuple[str, Path 
     return pairs, notes
 
 
+def _scores(args: argparse.Namespace, pred: Any, gt: Any, spacing: Any) -> dict[str, Any]:
+    """:func:`resunet_trt.evaluation.score_case` with the command line's scoring options."""
+    return score_case(
+        pred, gt, spacing, criterion=args.criterion, surface=not args.no_surface, connectivity=args.connectivity
+    )
+
+
+def _run_case(outcome: CaseOutcome, work: Callable[[], dict[str, Any]]) -> CaseOutcome:
+    """Fill ``outcome`` with what ``work()`` scores, or with the error it raised, and the seconds it took."""
+    t0 = time.perf_counter()
+    try:
+        outcome.scores = work()
+        outcome.ok = True
+    except Exception as exc:  # noqa: BLE001 - one bad case is reported, the others go on
+        outcome.error = f"{type(exc).__name__}: {exc}"
+        logger.error("case %s: %s", outcome.case, outcome.error)
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
 def _evaluate_folders(
     args: argparse.Namespace, pairs: Sequence[tuple[str, Path | None, Path]]
 ) -> list[CaseOutcome]:
-    outcomes = []
-    for key, pred_path, gt_path in progress_bar(
-        pairs, enabled=not args.no_progress, desc="eval", unit="case"
-    ):
-        o = CaseOutcome(case=key, pred=str(pred_path) if pred_path else None, gt=str(gt_path))
-        t0 = time.perf_counter()
-        try:
-            if pred_path is None:
-                raise FileNotFoundError(f"no prediction for reference {gt_path}")
-            pred, gt, spacing = load_pair(pred_path, gt_path)
-            o.scores = score_case(
-                pred,
-                gt,
-                spacing,
-                criterion=args.criterion,
-                surface=not args.no_surface,
-                connectivity=args.connectivity,
-            )
-            o.ok = True
-        except Exception as exc:  # noqa: BLE001 - one bad case is reported, the others go on
-            o.error = f"{type(exc).__name__}: {exc}"
-            logger.error("case %s: %s", key, o.error)
-        o.seconds = time.perf_counter() - t0
-        outcomes.append(o)
-    return outcomes
+    def score(pred_path: Path | None, gt_path: Path) -> dict[str, Any]:
+        if pred_path is None:
+            raise FileNotFoundError(f"no prediction for reference {gt_path}")
+        return _scores(args, *load_pair(pred_path, gt_path))
+
+    return [
+        _run_case(
+            CaseOutcome(case=key, pred=str(pred_path) if pred_path else None, gt=str(gt_path)),
+            partial(score, pred_path, gt_path),
+        )
+        for key, pred_path, gt_path in progress_bar(pairs, enabled=not args.no_progress, desc="eval", unit="case")
+    ]
 
 
 def _evaluate_model(args: argparse.Namespace, cases: Mapping[str, tuple[Path, Path]]) -> list[CaseOutcome]:
@@ -163,37 +172,26 @@ def _evaluate_model(args: argparse.Namespace, cases: Mapping[str, tuple[Path, Pa
         )
     except (OSError, ValueError, TypeError, RuntimeError, ImportError) as exc:
         raise ModelError(f"cannot open the model {args.model or '(bundled default)'}: {exc}") from exc
+
+    def segment_and_score(seg: Any, key: str, image: Path, label: Path, outcome: CaseOutcome) -> dict[str, Any]:
+        result = seg.segment(image)
+        gt = load_label(label, like=result.volume)
+        if args.save_masks and args.out:
+            mask_path = Path(args.out) / "masks" / f"{_safe_name(key)}_mask.nii.gz"
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            save_mask(mask_path, result.labels, like=result.volume)
+            outcome.pred = str(mask_path)
+        scores = _scores(args, result.labels, gt, tuple(float(s) for s in result.volume.spacing))
+        scores["timings"] = dict(result.timings)
+        return scores
+
     outcomes = []
     with segmenter as seg:
         keys = sorted(cases, key=natural_key)
         for key in progress_bar(keys, enabled=not args.no_progress, desc="segment+eval", unit="case"):
             image, label = cases[key]
             o = CaseOutcome(case=key, pred=None, gt=str(label), image=str(image))
-            t0 = time.perf_counter()
-            try:
-                result = seg.segment(image)
-                gt = load_label(label, like=result.volume)
-                if args.save_masks and args.out:
-                    mask_path = Path(args.out) / "masks" / f"{_safe_name(key)}_mask.nii.gz"
-                    mask_path.parent.mkdir(parents=True, exist_ok=True)
-                    save_mask(mask_path, result.labels, like=result.volume)
-                    o.pred = str(mask_path)
-                spacing = tuple(float(s) for s in result.volume.spacing)
-                o.scores = score_case(
-                    result.labels,
-                    gt,
-                    spacing,
-                    criterion=args.criterion,
-                    surface=not args.no_surface,
-                    connectivity=args.connectivity,
-                )
-                o.scores["timings"] = dict(result.timings)
-                o.ok = True
-            except Exception as exc:  # noqa: BLE001 - one bad case is reported, the others go on
-                o.error = f"{type(exc).__name__}: {exc}"
-                logger.error("case %s: %s", key, o.error)
-            o.seconds = time.perf_counter() - t0
-            outcomes.append(o)
+            outcomes.append(_run_case(o, partial(segment_and_score, seg, key, image, label, o)))
     return outcomes
 
 

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ..backends.base import BACKEND_NAMES
 from ..outputs import MASK_FORMATS
 
-__all__ = ["add_backend_option", "add_output_options", "add_progress_options", "run_main", "setup_logging"]
+__all__ = [
+    "add_backend_option",
+    "add_output_options",
+    "add_progress_options",
+    "output_folder_problem",
+    "run_main",
+    "runnable_output",
+    "setup_logging",
+]
 
 
 def add_backend_option(parser: argparse.ArgumentParser) -> None:
@@ -50,3 +60,37 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+
+
+def output_folder_problem(out: Path) -> str | None:
+    """Create the output folder; None when it is usable, else why not (one line, naming the folder as typed)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"output folder {out} is an existing file"
+    except NotADirectoryError:
+        return f"output folder {out}: a part of the path is a file, not a folder"
+    except OSError as exc:
+        return f"cannot create the output folder {out}: {exc.strerror or exc}"
+    if not os.access(out, os.W_OK | os.X_OK):  # also false on a read-only mount, for root too
+        return f"output folder {out} is not writable"
+    return None
+
+
+def runnable_output(prog: str, cases: Sequence[Path], missing: Sequence[str], out: str) -> Path | None:
+    """The output folder, created, when there is something to segment into it; else None after saying why.
+
+    Input specs that matched no file are reported on stderr (the run goes on without them); no input at all, or
+    an output folder that cannot be created or written, stops the run before any work (exit code 2).
+    """
+    for spec in missing:
+        print(f"{prog}: {spec}: no file matches", file=sys.stderr)
+    if not cases:
+        print(f"{prog}: no input to segment", file=sys.stderr)
+        return None
+    folder = Path(out)
+    problem = output_folder_problem(folder)
+    if problem is not None:
+        print(f"{prog}: {problem}", file=sys.stderr)
+        return None
+    return folder

@@ -24,7 +24,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .options import add_backend_option, add_output_options, add_progress_options, run_main, setup_logging
+from .options import (
+    add_backend_option,
+    add_output_options,
+    add_progress_options,
+    run_main,
+    runnable_output,
+    setup_logging,
+)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -132,21 +139,6 @@ def _summary(outcomes: list, out: Path) -> str:
     return "\n".join(lines)
 
 
-def _output_folder_problem(out: Path) -> str | None:
-    """Create the output folder; None when it is usable, else why not (one line, naming the folder as typed)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        return f"output folder {out} is an existing file"
-    except NotADirectoryError:
-        return f"output folder {out}: a part of the path is a file, not a folder"
-    except OSError as exc:
-        return f"cannot create the output folder {out}: {exc.strerror or exc}"
-    if not os.access(out, os.W_OK | os.X_OK):  # also false on a read-only mount, for root too
-        return f"output folder {out} is not writable"
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 all ok, 1 a case failed, 2 bad usage, 130 Ctrl-C)."""
     # Every output is written atomically and a case's outputs are removed when it is cut short, so what
@@ -163,15 +155,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.min_lesion_voxels < 0:
         parser.error(f"--min-lesion-voxels must be >= 0, got {args.min_lesion_voxels}")
     cases, missing = expand_inputs(args.inputs)
-    for spec in missing:
-        print(f"resunet-seg: {spec}: no file matches", file=sys.stderr)
-    if not cases:
-        print("resunet-seg: no input to segment", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    problem = _output_folder_problem(out)
-    if problem is not None:
-        print(f"resunet-seg: {problem}", file=sys.stderr)
+    out = runnable_output("resunet-seg", cases, missing, args.out)
+    if out is None:
         return 2
 
     from ..segmenter import Segmenter
