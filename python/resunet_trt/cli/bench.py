@@ -45,186 +45,33 @@ import resource
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import backends
 from .._progress import progress as progress_bar
-from ..engine import tensorrt_available
+from ..engine import tensorrt_available  # noqa: F401 - importable from here, as before
 from ..results import STAGES
 
-logger = logging.getLogger("resunet_trt.bench")
-
-BUNDLED = {
-    "torch": ("pt", "torch"),
-    "pt": ("pt", "torch"),
-    "onnx": ("onnx", "onnxruntime"),
-    "fp16": ("fp16", "onnxruntime"),
-    "int8": ("int8", "onnxruntime"),
-    "openvino": ("onnx", "openvino"),
-    "openvino-bf16": ("onnx", "openvino"),
-    "openvino-int8": ("int8", "openvino"),
-}
-#: The precision a bundled variant asks for (the others run in their file's).
-BUNDLED_PRECISION = {"openvino": "fp32", "openvino-bf16": "bf16", "openvino-int8": "int8"}
-#: The suffixes the backends accept (one table: a suffix they refuse must not be offered here).
-SUFFIX_BACKEND = backends.SUFFIX_BACKEND
-TENSORRT_HELP = (
-    "TensorRT is not installed in this Python environment, so a .plan engine cannot be run. Install it on a "
-    "machine with an NVIDIA GPU and driver: `pip install tensorrt` (it needs the matching CUDA runtime), then "
-    "build an engine for that GPU with resunet-build. Meanwhile --onnx or --checkpoint run the same model."
+# What to run and what to report have modules of their own; their names stay importable from here.
+from .bench_inputs import (  # noqa: F401
+    BUNDLED,
+    BUNDLED_PRECISION,
+    SUFFIX_BACKEND,
+    TENSORRT_HELP,
+    BenchInput,
+    UsageError,
+    Variant,
+    load_inputs,
+    parse_shape,
+    parse_spacing,
+    parse_variant,
+    select_variants,
 )
+from .bench_report import DISTURBED_OTHER_CPU, device_description, ratios, render
 
-
-class UsageError(Exception):
-    """Bad arguments or inputs: reported on stderr with exit code 2."""
-
-
-# ----------------------------------------------------------------------------------------- what to run
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One model to measure: a display label, a model file (None = bundled default), a backend, a precision."""
-
-    label: str
-    model: Path | None
-    backend: str = "auto"
-    precision: str | None = None
-
-
-def _bundled(kind: str) -> Path:
-    from resunet_trt.backends import default_model_path
-
-    return Path(default_model_path(kind))
-
-
-def parse_variant(item: str) -> Variant:
-    """A ``--compare`` item: a bundled variant name (torch, onnx, int8, openvino-int8, ...) or a model file."""
-    text = item.strip()
-    if not text:
-        raise UsageError("--compare has an empty item")
-    if text.lower() in BUNDLED:
-        kind, backend = BUNDLED[text.lower()]
-        try:
-            return Variant(
-                label=text.lower(),
-                model=_bundled(kind),
-                backend=backend,
-                precision=BUNDLED_PRECISION.get(text.lower()),
-            )
-        except FileNotFoundError as exc:
-            raise UsageError(f"--compare {text}: {exc}") from exc
-    path = Path(text)
-    suffix_backend = SUFFIX_BACKEND.get(path.suffix.lower())
-    if suffix_backend is None:
-        raise UsageError(
-            f"--compare item {text!r} is neither a bundled variant ({', '.join(sorted(BUNDLED))}) nor a model "
-            f"file ending in {', '.join(sorted(SUFFIX_BACKEND))}"
-        )
-    return Variant(label=path.name, model=path, backend=suffix_backend)
-
-
-def select_variants(args: argparse.Namespace) -> list[Variant]:
-    """The models to measure, from the command line (see the module docstring)."""
-    chosen = [flag for flag in ("engine", "onnx", "checkpoint", "compare") if getattr(args, flag)]
-    if len(chosen) > 1:
-        raise UsageError(f"give one of --engine, --onnx, --checkpoint, --compare; got {', '.join(chosen)}")
-    if args.engine:
-        variants = [Variant(label=Path(args.engine).name, model=Path(args.engine), backend="tensorrt")]
-    elif args.onnx:
-        variants = [Variant(label=Path(args.onnx).name, model=Path(args.onnx), backend="onnxruntime")]
-    elif args.checkpoint:
-        variants = [Variant(label=Path(args.checkpoint).name, model=Path(args.checkpoint), backend="torch")]
-    elif args.compare:
-        variants = [parse_variant(item) for item in args.compare.split(",")]
-        if len(variants) < 2:
-            raise UsageError(f"--compare needs at least two models, got {args.compare!r}")
-    else:
-        variants = [Variant(label="default", model=None, backend=args.backend)]
-    if args.backend != "auto" and not args.compare:
-        variants = [Variant(v.label, v.model, args.backend) for v in variants]
-    if any(v.backend == "tensorrt" for v in variants) and not tensorrt_available():
-        raise UsageError(TENSORRT_HELP)
-    for v in variants:
-        if v.model is not None and not v.model.exists():
-            raise UsageError(f"model file not found: {v.model}")
-    return variants
-
-
-# ----------------------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class BenchInput:
-    """One CT volume in memory, with its reference labels when known."""
-
-    name: str
-    volume: Any  # resunet_trt.io.CTVolume
-    labels: np.ndarray | None
-    read_s: float | None
-    source: str
-
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """``"D,H,W"`` (or ``DxHxW``) -> three positive integers."""
-    try:
-        parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
-    except ValueError:
-        parts = []
-    if len(parts) != 3 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected D,H,W with three positive integers, got {text!r}")
-    return parts[0], parts[1], parts[2]
-
-
-def parse_spacing(text: str) -> tuple[float, float, float]:
-    """``"dz,dy,dx"`` in mm -> three positive floats."""
-    try:
-        parts = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        parts = []
-    if len(parts) != 3 or not all(math.isfinite(p) and p > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected dz,dy,dx with three positive numbers in mm, got {text!r}")
-    return parts[0], parts[1], parts[2]
-
-
-def load_inputs(args: argparse.Namespace) -> list[BenchInput]:
-    """The volumes to run: the cases of ``--data`` (CT + label) or ``--cases`` phantoms of ``--synthetic``."""
-    from resunet_trt.io import CTVolume, load_ct, load_label
-
-    inputs: list[BenchInput] = []
-    if args.data:
-        from resunet_trt.datasets import data_cases, natural_key
-
-        try:
-            cases, notes = data_cases(args.data)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
-        for note in notes:
-            logger.warning("%s", note)
-        if not cases:
-            raise UsageError(f"no case with a CT and a label file found in --data {args.data}")
-        for key in sorted(cases, key=natural_key)[: args.cases]:
-            image, label = cases[key]
-            t0 = time.perf_counter()
-            volume = load_ct(image)
-            read_s = time.perf_counter() - t0
-            inputs.append(BenchInput(key, volume, load_label(label, like=volume), read_s, str(image)))
-        return inputs
-
-    from resunet_trt.phantom import make_phantom
-
-    shape = args.synthetic or (64, 256, 256)
-    for i in range(args.cases or 1):
-        ct, labels = make_phantom(shape, args.spacing, seed=args.seed + i)
-        volume = CTVolume.from_array(ct, spacing=args.spacing)
-        name = f"phantom_{'x'.join(map(str, shape))}_seed{args.seed + i}"
-        inputs.append(BenchInput(name, volume, labels, None, "resunet_trt.phantom.make_phantom"))
-    return inputs
-
+logger = logging.getLogger("resunet_trt.bench")
 
 # ----------------------------------------------------------------------------------------- measuring
 
@@ -249,8 +96,6 @@ def peak_host_mib() -> float:
     return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
 
 
-#: A run is flagged ``disturbed`` when other processes used more than this share of the machine's CPU time.
-DISTURBED_OTHER_CPU = 0.10
 
 
 def _cpu_busy_seconds() -> float | None:
@@ -465,112 +310,6 @@ def run_variant(
         "runs": runs,
     }
     return out
-
-
-def ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each model against the first: speed-up of the median wall time and of slices/s, Dice differences."""
-    ok = [r for r in results if r["ok"]]
-    if len(ok) < 2:
-        return []
-    base = ok[0]
-    out = []
-    for r in ok:
-        row: dict[str, Any] = {
-            "label": r["label"],
-            "baseline": base["label"],
-            "speedup_wall_median": base["wall_s"]["median"] / r["wall_s"]["median"]
-            if r["wall_s"]["median"]
-            else math.nan,
-            "speedup_slices_per_s": r["slices_per_s"] / base["slices_per_s"]
-            if base["slices_per_s"]
-            else math.nan,
-            "stage_speedup": {
-                s: (base["stages"][s]["median"] / r["stages"][s]["median"])
-                if r["stages"].get(s, {}).get("median")
-                else None
-                for s in base["stages"]
-                if s in r["stages"]
-            },
-        }
-        for key in ("liver_dice", "tumor_dice"):
-            if key in r["accuracy_mean"] and key in base["accuracy_mean"]:
-                row[f"{key}_minus_baseline"] = r["accuracy_mean"][key] - base["accuracy_mean"][key]
-        out.append(row)
-    return out
-
-
-# ----------------------------------------------------------------------------------------- reporting
-
-
-def device_description(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """What ran the benchmark: the GPU's name and memory when a model ran on one, else the CPU."""
-    desc: dict[str, Any] = {"cpu": platform.processor() or platform.machine()}
-    if any(str(r.get("device", "")).startswith("cuda") for r in results):
-        try:
-            import cupy as cp
-
-            index = cp.cuda.runtime.getDevice()
-            props = cp.cuda.runtime.getDeviceProperties(index)
-            name = props["name"]
-            desc["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
-            desc["gpu_memory_bytes"] = int(props["totalGlobalMem"])
-            desc["compute_capability"] = f"{props['major']}.{props['minor']}"
-        except Exception as exc:  # noqa: BLE001 - a description must not fail the run
-            desc["gpu"] = f"unknown ({exc})"
-    return desc
-
-
-def _fmt_s(v: float) -> str:
-    if v is None or not math.isfinite(v):
-        return "-"
-    return f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s"
-
-
-def render(results: Sequence[dict[str, Any]], rel: Sequence[dict[str, Any]]) -> str:
-    """The on-screen summary: per model the stage medians/p90, throughput and memory, then the ratios."""
-    lines = []
-    for r in results:
-        if not r["ok"]:
-            lines.append(f"[{r['label']}] FAILED: {r['error']}")
-            continue
-        lines.append(
-            f"[{r['label']}] {r['backend']} on {r['device']} ({r['precision']}), {r['n_runs']} timed volume(s), "
-            f"model opened in {_fmt_s(r['open_s'])}"
-        )
-        lines.append(f"  {'stage':<12} {'median':>10} {'p90':>10}")
-        for stage, st in r["stages"].items():
-            lines.append(f"  {stage:<12} {_fmt_s(st['median']):>10} {_fmt_s(st['p90']):>10}")
-        lines.append(f"  {'wall':<12} {_fmt_s(r['wall_s']['median']):>10} {_fmt_s(r['wall_s']['p90']):>10}")
-        lines.append(
-            f"  {r['slices_per_s']:.1f} slices/s, {r['volumes_per_s']:.3f} volumes/s, "
-            f"peak host memory {r['peak_host_mib']:.0f} MiB"
-        )
-        if r["disturbed_runs"]:
-            lines.append(
-                f"  WARNING: {r['disturbed_runs']} of {r['n_runs']} run(s) shared the CPU with other processes "
-                f"(> {DISTURBED_OTHER_CPU:.0%} of its time): the times are slower than on an idle machine"
-            )
-        if r["gpu_memory"]:
-            gm = r["gpu_memory"]
-            parts = [f"{k.replace('_bytes', '')} {v / 2**20:.0f} MiB" for k, v in gm.items()]
-            lines.append("  GPU memory: " + ", ".join(parts))
-        if r["accuracy_mean"]:
-            acc = r["accuracy_mean"]
-            lines.append(
-                f"  liver Dice {acc['liver_dice']:.4f} IoU {acc['liver_iou']:.4f}, "
-                f"tumor Dice {acc['tumor_dice']:.4f} IoU {acc['tumor_iou']:.4f} (mean over {len(r['accuracy'])} case(s))"
-            )
-    if rel:
-        lines.append(f"relative to {rel[0]['baseline']}:")
-        for row in rel:
-            extra = ""
-            if "liver_dice_minus_baseline" in row:
-                extra = (
-                    f", liver Dice {row['liver_dice_minus_baseline']:+.4f}, "
-                    f"tumor Dice {row.get('tumor_dice_minus_baseline', math.nan):+.4f}"
-                )
-            lines.append(f"  {row['label']:<24} x{row['speedup_wall_median']:.2f} wall (median){extra}")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------- command line
