@@ -1,4 +1,4 @@
-"""The package's import graph has no circle.
+"""The package's shape: its import graph has no circle, and no module grows past one concept's size.
 
 Every ``import`` of a ``resunet_trt`` module is read from the source with :mod:`ast`, at module level and inside
 functions alike (a lazy import inside a function still ties the two modules together); imports under
@@ -144,3 +144,16 @@ def test_the_graph_sees_known_edges():
 def test_no_import_cycle_in_the_package(level):
     cycle = find_cycle(import_graph())
     assert cycle is None, f"import cycle ({level}): {' -> '.join(cycle or [])}"
+
+
+MAX_MODULE_LINES = 500
+
+
+def test_every_module_is_under_the_size_of_one_concept():
+    """A module past 500 lines holds more than one concept: split it (the issue that set this limit, #14)."""
+    sizes = {
+        path.relative_to(ROOT).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+        for path in ROOT.rglob("*.py")
+    }
+    too_long = {name: n for name, n in sizes.items() if n >= MAX_MODULE_LINES}
+    assert not too_long, f"modules of {MAX_MODULE_LINES} lines or more: {too_long}"

@@ -373,40 +373,21 @@ class Segmenter:
         report: bool = True,
         mask_format: str = "auto",
     ) -> dict[str, Path]:
-        """Write one case's ``<name>_mask.nii.gz`` (+ ``_overlay.png``, ``_report.json``) into ``out_dir``.
-
-        Each file is written atomically; when one write fails, the files this call already wrote are removed
-        (no mask without its report) and the error propagates. Sets ``result.timings["write"]``.
-
-        Args:
-            result: the case's :class:`Result`.
-            out_dir: an existing output folder.
-            name: the case name the files are named after (unique within ``out_dir``).
-            overlay: also write the PNG overlay.
-            report: also write the JSON lesion report.
-            mask_format: ``"auto"``, ``"nifti"``, ``"dicom-seg"`` (``<name>_seg.dcm``) or ``"both"`` (see
-                :func:`mask_outputs`).
+        """Write one case's files into ``out_dir``: :func:`resunet_trt.outputs.write_outputs` (whose arguments
+        these are) with this model's HU window for the overlay and its identity for a DICOM-SEG.
 
         Returns:
             kind (``"mask"``, ``"dicom_seg"``, ``"overlay"``, ``"report"``) -> written path.
         """
         lo, hi = self.metadata.window
         return write_outputs(
-            result,
-            out_dir,
-            name,
-            overlay=overlay,
-            report=report,
-            mask_format=mask_format,
-            window=(float(lo), float(hi)),
-            model_sha256=self.model_sha256,
-            model_name=self._model_file_name(),
+            result, out_dir, name, overlay=overlay, report=report, mask_format=mask_format,
+            window=(float(lo), float(hi)), model_sha256=self.model_sha256, model_name=self._model_file_name(),
         )
 
     def _model_file_name(self) -> str | None:
         path = getattr(self.backend, "path", None)
         return Path(path).name if path else None
-
 
     def _lesion_floor(self, volume: CTVolume) -> int:
         """Tumor components with fewer voxels than this become liver (``min_lesion_mm3`` at this spacing)."""
