@@ -27,7 +27,6 @@ from .options import (
     add_progress_options,
     run_main,
     runnable_output,
-    setup_logging,
 )
 from .seg import expand_inputs
 
@@ -91,13 +90,10 @@ def collect_cases(specs: Sequence[str]) -> tuple[list[Path], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 all ok, 1 a case failed, 2 bad usage, 130 Ctrl-C)."""
-    return run_main(_main, argv, "resunet-cohort: interrupted; rerun the same command to resume")
+    return run_main(build_parser, _run, argv, "resunet-cohort: interrupted; rerun the same command to resume")
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # The cohort's own lines (workers, skipped cases, progress without tqdm) are worth seeing on a long run.
     logging.getLogger("resunet_trt.cohort").setLevel(logging.INFO)
     for flag, value, low in (

@@ -53,10 +53,21 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None, interrupted: str) -> int:
-    """``main(argv)``; Ctrl-C prints ``interrupted`` instead of a traceback and exits with 130."""
+def run_main(
+    build_parser: Callable[[], argparse.ArgumentParser],
+    run: Callable[[argparse.ArgumentParser, argparse.Namespace], int],
+    argv: Sequence[str] | None,
+    interrupted: str,
+) -> int:
+    """Parse ``argv``, set up logging (``-v``), then ``run(parser, args)``; returns its exit code.
+
+    Ctrl-C prints ``interrupted`` instead of a traceback and exits with 130.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
     try:
-        return main(argv)
+        return run(parser, args)
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130

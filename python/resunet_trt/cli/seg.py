@@ -30,7 +30,6 @@ from .options import (
     add_progress_options,
     run_main,
     runnable_output,
-    setup_logging,
 )
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -143,13 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 all ok, 1 a case failed, 2 bad usage, 130 Ctrl-C)."""
     # Every output is written atomically and a case's outputs are removed when it is cut short, so what
     # remains in the output folder is whole after Ctrl-C; only the traceback is worth sparing.
-    return run_main(_main, argv, "resunet-seg: interrupted")
+    return run_main(build_parser, _run, argv, "resunet-seg: interrupted")
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.min_lesion_voxels < 0:
