@@ -34,9 +34,12 @@ LIMITS = {"agreement": 0.995, "liver": 0.005, "tumor": 0.01}
 
 def _default_cases() -> list[tuple[str, Path, Path | None]]:
     data = ROOT / "tests" / "data"
+    sample = ROOT / "python" / "resunet_trt" / "samples"
     cases = [
         ("lits117_roi128", data / "lits117_roi128" / "ct.nii.gz", data / "lits117_roi128" / "label.nii.gz"),
-        ("lits_small64", data / "lits_small64" / "ct.nii.gz", data / "lits_small64" / "label.nii.gz"),
+        # the bundled copy: its header carries the true 5.3 mm pixels (tests/data keeps the stale 0.66 mm of its
+        # source, which a model with physical sampling takes at its word)
+        ("lits_small64", sample / "lits_small64_ct.nii.gz", sample / "lits_small64_label.nii.gz"),
         ("totalseg_abdomen3mm", data / "totalseg_abdomen3mm" / "ct.nii.gz", None),
     ]
     crlm = ROOT.parent / "shared" / "data" / "crlm_dicom" / "CRLM-CT-1006"
