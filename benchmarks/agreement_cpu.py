@@ -13,6 +13,7 @@ and <= 0.01 (tumor). Results go to benchmarks/results/agreement_cpu.json.
 
 from __future__ import annotations
 
+import os
 import argparse
 import json
 import logging
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                     r[f"delta_dice_{cls}"] = d - d_ref
                     r[f"pass_{cls}"] = abs(d - d_ref) <= LIMITS[cls]
                     ok &= r[f"pass_{cls}"]
-        report[name] = {"source": str(ct_path), "shape": list(volume.hu.shape), "variants": out}
+        report[name] = {"source": os.path.relpath(ct_path, ROOT), "shape": list(volume.hu.shape), "variants": out}
         print(f"{name} {tuple(volume.hu.shape)}")
         for label, r in out.items():
             dice = (
