@@ -13,10 +13,10 @@ and <= 0.01 (tumor). Results go to benchmarks/results/agreement_cpu.json.
 
 from __future__ import annotations
 
-import os
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path

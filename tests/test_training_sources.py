@@ -230,3 +230,21 @@ def test_init_from_loads_weights_and_refuses_another_network(tmp_path):
     Plan.pixel_mm, Plan.model_cfg = 1.5, ResUNetConfig(base_width=4, depth=2, max_width=16, block="conv_bn_relu")
     with pytest.raises(ValueError, match="network"):
         _init_weights_from(ResUNet(Plan.model_cfg), path, Plan())  # type: ignore[arg-type]
+
+
+def test_dark_vessel_augmentation_inverts_only_bright_liver_voxels():
+    from training.augment import VESSEL_MARGIN, darken_vessels
+
+    rng = np.random.default_rng(0)
+    image = np.full((3, 32, 32), 0.6, np.float32) + rng.normal(0, 0.005, (3, 32, 32)).astype(np.float32)
+    liver = np.zeros((32, 32), bool)
+    liver[4:28, 4:28] = True
+    image[:, 15:17, 4:28] = 0.85  # a bright vessel across the liver
+    image[:, 0:2, :] = 0.95  # bright, but outside the liver (bone)
+    out = darken_vessels(image, liver, strength=1.0)
+    m = float(np.median(image[1][liver]))
+    assert np.allclose(out[:, 15:17, 4:28], m - (0.85 - m), atol=1e-6)  # mirrored around the liver median
+    np.testing.assert_array_equal(out[:, 0:2], image[:, 0:2])
+    untouched = liver[None] & (image <= m + VESSEL_MARGIN)
+    np.testing.assert_array_equal(out[untouched], image[untouched])
+    assert darken_vessels(image, np.zeros_like(liver), strength=1.0) is image

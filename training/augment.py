@@ -45,6 +45,9 @@ class AugmentConfig:
         slice_flip_prob: probability of reversing the K context channels (the slice axis flipped), which makes
             the network's answer the same for a volume stored head-first or feet-first and lets inference average
             the two (test-time flip averaging).
+        dark_vessel_prob: probability of turning the liver's bright vessels dark (their contrast to the liver's
+            median inverted and scaled by U(0.3, 1)), as they are in non-contrast, arterial-phase or delayed scans;
+            they stay labelled liver, so that a dark tube in the liver is not taken for a tumor.
     """
 
     flip_prob: float = 0.5
@@ -63,6 +66,7 @@ class AugmentConfig:
     noise_std: float = 0.03
     intensity_prob: float = 0.8
     slice_flip_prob: float = 0.0
+    dark_vessel_prob: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:
@@ -172,6 +176,27 @@ def random_crop(
     )
 
 
+# Liver voxels brighter than the liver's median by this much (in window units: 25 HU of the -200..250 window) are
+# taken for contrast-filled vessels.
+VESSEL_MARGIN = 25.0 / 450.0
+
+
+def darken_vessels(image: np.ndarray, liver: np.ndarray, *, strength: float) -> np.ndarray:
+    """(K, h, w) window-scaled image with the bright vessels inside ``liver`` (h, w) turned dark.
+
+    A vessel voxel ``v`` (brighter than the median ``m`` of the liver's centre-slice voxels by more than
+    :data:`VESSEL_MARGIN`) becomes ``m - strength * (v - m)``; nothing outside the liver changes.
+    """
+    if not liver.any():
+        return image
+    centre = image[image.shape[0] // 2]
+    m = float(np.median(centre[liver]))
+    vessels = liver[None] & (image > m + VESSEL_MARGIN)
+    out = np.array(image, dtype=np.float32, copy=True)
+    out[vessels] = np.clip(m - strength * (out[vessels] - m), 0.0, 1.0)
+    return out
+
+
 def augment_sample(
     image: np.ndarray, label: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -190,6 +215,8 @@ def augment_sample(
     image, label = flip_rot90(image, label, flip_lr=flip_lr, flip_ud=flip_ud, k=k)
     if cfg.slice_flip_prob > 0 and rng.random() < cfg.slice_flip_prob:  # no draw when off: old runs repeat
         image = image[::-1]
+    if cfg.dark_vessel_prob > 0 and rng.random() < cfg.dark_vessel_prob:
+        image = darken_vessels(image, label == 1, strength=float(rng.uniform(0.3, 1.0)))
 
     if rng.random() < cfg.affine_prob:
         h, w = label.shape
