@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Rebuild the bundled default model from scratch, as it was made (training/configs/default_model.yaml says which
-# data and why), export its ONNX variants, score it on the held-out sample and on every real case, and run the
+# Rebuild the bundled default model from scratch, as it was made (training/configs/default_model.yaml and
+# default_model_phase2.yaml say which data and why), export its ONNX variants, score it on the held-out sample
+# and on every real case, and run the
 # leave-one-case-out ablation (lits117_roi128 held out: synthetic tumors only).
 #   scripts/make_default_model.sh              train + export + evaluate (about 1.5 h on an idle 2-core CPU)
 #   SKIP_TRAIN=1 scripts/make_default_model.sh export + evaluate the existing runs/default_model
@@ -10,11 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python}
 out=python/resunet_trt/models/default
-run=runs/default_model
+run=runs/default_model_phase2  # phase 1 (default_model.yaml), then phase 2 from its weights: the shipped model
 # One thread each: on a shared CPU, two OpenMP threads spin-wait for each other (training/configs: threads 1).
 export OMP_NUM_THREADS=1
 if [ -z "${SKIP_TRAIN:-}" ]; then
   "$python" training/train.py --config training/configs/default_model.yaml --no-progress
+  "$python" training/train.py --config training/configs/default_model_phase2.yaml --no-progress
   if [ -z "${SKIP_ABLATION:-}" ]; then
     "$python" training/train.py --config training/configs/ablation_no_lits117.yaml --no-progress
   fi
