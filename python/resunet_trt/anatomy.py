@@ -3,7 +3,7 @@
 "Keep the largest liver component" fails when a wrongly labelled organ touches the liver: the heart lies on the
 liver dome with only the diaphragm between them, and a network that calls the right atrium liver joins both into
 one component. Such a join is a thin bridge (the diaphragm, a few millimetres), while the organs themselves are
-thick. So, on a coarse grid (about 2 mm):
+thick. So, on a coarse grid (about 3 mm):
 
 1. the cores of the liver mask are its voxels deeper than ``core_radius_mm`` (Euclidean distance to the
    background, physical spacing): a bridge thinner than twice that radius has no core, and the organs it joins
@@ -38,7 +38,7 @@ def drop_organs_above_liver(
     core_radius_mm: float = 6.0,
     min_core_ml: float = 10.0,
     superior_quantile: float = 0.9,
-    grid_mm: float = 2.0,
+    grid_mm: float = 3.0,
 ) -> tuple[np.ndarray, float]:
     """Remove from a 0/1/2 label volume an organ joined to the liver above its dome (see the module docstring).
 
