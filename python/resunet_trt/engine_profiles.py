@@ -177,8 +177,7 @@ class PlaneProfile:
 
 def plane_divisor(metadata: ModelMetadata) -> int:
     """The multiple a dynamic plane side keeps: ``2**depth`` of the ResUNet (32 when the metadata has no depth)."""
-    depth = metadata.model_config.get("depth") if isinstance(metadata.model_config, dict) else None
-    return 2 ** int(depth) if depth else 32
+    return metadata.plane_divisor
 
 
 def profile_shapes(

@@ -66,6 +66,12 @@ class ModelMetadata:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def plane_divisor(self) -> int:
+        """Network plane sides are multiples of this: ``2**depth`` of the ResUNet (32 when the config has no depth)."""
+        depth = self.model_config.get("depth") if isinstance(self.model_config, dict) else None
+        return 2 ** int(depth) if depth else 32
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["plane_size"] = list(self.plane_size)

@@ -69,9 +69,8 @@ def volume_plan(metadata: Any, shape: Sequence[int], spacing: Sequence[float]) -
     slice_step = 1.0 if metadata.slice_mm is None else float(metadata.slice_mm) / dz
     if metadata.pixel_mm is None:
         return VolumePlan(tuple(int(v) for v in metadata.plane_size), None, None, slice_step)  # type: ignore[arg-type]
-    depth = metadata.model_config.get("depth") if isinstance(metadata.model_config, dict) else None
-    divisor = 2 ** int(depth) if depth else 32
     mapping = kernels.plane_mapping(
-        tuple(shape[1:]), (dy, dx), float(metadata.pixel_mm), min_size=min(metadata.plane_size), divisor=divisor
+        tuple(shape[1:]), (dy, dx), float(metadata.pixel_mm), min_size=min(metadata.plane_size),
+        divisor=metadata.plane_divisor,
     )
     return VolumePlan(tuple(mapping.out_size), tuple(mapping.step), tuple(mapping.origin), slice_step)  # type: ignore[arg-type]

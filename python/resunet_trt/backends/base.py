@@ -143,8 +143,7 @@ class Backend(abc.ABC):
         if self.metadata.pixel_mm is not None:
             # Physically sampled models see a plane that grows with the field of view, in multiples of 2**depth
             # and never below plane_size.
-            depth = self.metadata.model_config.get("depth")
-            div = 2 ** int(depth) if depth else 32
+            div = self.metadata.plane_divisor
             if (len(shape) != 4 or shape[1] != k or shape[0] < 1 or shape[2] < h or shape[3] < w
                     or shape[2] % div or shape[3] % div):
                 raise ValueError(
