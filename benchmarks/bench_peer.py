@@ -109,6 +109,7 @@ class MonaiPeer:
         self.context = int(meta.context)
         self.pixel_mm = getattr(meta, "pixel_mm", None)
         self.slice_mm = getattr(meta, "slice_mm", None)
+        self.divisor = int(getattr(meta, "plane_divisor", 32))
         self.orient = Orientation(axcodes=PEER_AXCODES)
         self.scale = ScaleIntensityRange(
             a_min=self.window[0], a_max=self.window[1], b_min=0.0, b_max=1.0, clip=True
@@ -139,7 +140,7 @@ class MonaiPeer:
         """Segment one CT file (NIfTI or DICOM folder) and save ``<name>_mask.nii.gz`` into ``out_dir``."""
         import torch
         from monai.data import MetaTensor
-        from monai.transforms import Resize, SaveImage, Spacing
+        from monai.transforms import CenterSpatialCrop, DivisiblePad, Resize, SaveImage, Spacing, SpatialPad
         from skimage.morphology import remove_small_objects
 
         times: dict[str, float] = {}
@@ -151,8 +152,14 @@ class MonaiPeer:
         _, size_x, size_y, depth = image.shape
         spacing_z = float(np.linalg.norm(np.asarray(image.affine)[:3, 2]))
         x = self.scale(image)
+        unpad = None
         if self.pixel_mm is not None:
+            # The model's pixel size, then padded (centred) to at least its plane and to a multiple of 2**depth, as
+            # the network needs; the logits are cropped back before resizing to the scan's grid.
             x = Spacing(pixdim=(self.pixel_mm, self.pixel_mm, -1), mode="bilinear")(x)
+            unpad = CenterSpatialCrop(roi_size=(int(x.shape[1]), int(x.shape[2]), -1))
+            x = SpatialPad(spatial_size=(*self.plane, -1))(x)
+            x = DivisiblePad(k=(self.divisor, self.divisor, 1))(x)
         else:
             x = Resize(spatial_size=(*self.plane, -1), mode="trilinear", align_corners=False)(x)
         planes = x.as_tensor()[0].permute(2, 0, 1).contiguous()  # (D, h, w)
@@ -172,7 +179,8 @@ class MonaiPeer:
                 tb = time.perf_counter()
                 logits = self._net(batch)  # (B, C, h, w)
                 tc = time.perf_counter()
-                full = back(logits.permute(1, 2, 3, 0))  # (C, X, Y, B)
+                logits = logits.permute(1, 2, 3, 0)  # (C, h, w, B)
+                full = back(unpad(logits) if unpad is not None else logits)  # (C, X, Y, B)
                 labels[:, :, start:stop] = full.as_tensor().max(dim=0).indices.to(torch.uint8)
                 td = time.perf_counter()
                 times["preprocess"] += tb - ta
