@@ -298,12 +298,11 @@ def load_volume(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray,
     return ct, labels, f"make_phantom(shape={shape}, seed={seed})"
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+def _write_json(path: Path, payload: dict) -> None:
+    """The result JSON, through the package's one atomic writer."""
+    from resunet_trt.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _shape(text: str) -> tuple[int, int, int]:
