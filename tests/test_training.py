@@ -319,6 +319,40 @@ def test_augmentation_is_a_function_of_its_seed():
     np.testing.assert_array_equal(b1, b2)
 
 
+def test_lowres_blur_is_area_average_then_bilinear():
+    from training.augment import blur_lowres
+
+    rng = np.random.default_rng(0)
+    img = rng.random((3, 48, 48), dtype=np.float32)
+    out = blur_lowres(img, 2.0)
+    # reference: 2x2 block means (the area downsample at an integer factor), then bilinear back (half-pixel centres)
+    blocks = img.reshape(3, 24, 2, 24, 2).mean(axis=(2, 4))
+    c = (np.arange(48) + 0.5) / 2 - 0.5
+    i0 = np.clip(np.floor(c).astype(int), 0, 23)
+    i1 = np.clip(i0 + 1, 0, 23)
+    t = np.clip(c - np.floor(c), 0, 1) * (c >= 0) * (c <= 23)
+    rows = blocks[:, i0] * (1 - t)[None, :, None] + blocks[:, i1] * t[None, :, None]
+    ref = rows[:, :, i0] * (1 - t)[None, None, :] + rows[:, :, i1] * t[None, None, :]
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert out.std() < 0.6 * img.std()  # the fine noise is gone
+    flat = np.full((3, 40, 40), 0.37, np.float32)
+    np.testing.assert_allclose(blur_lowres(flat, 3.3), flat, atol=1e-6)
+
+
+def test_lowres_augmentation_blurs_the_image_not_the_label():
+    rng = np.random.default_rng(1)
+    img = rng.random((3, 32, 32), dtype=np.float32)
+    lab = rng.integers(0, 3, (32, 32)).astype(np.uint8)
+    off = AugmentConfig.disabled()
+    on = AugmentConfig(**{**off.__dict__, "lowres_prob": 1.0, "lowres_factor": (2.0, 3.0)})
+    a, b = augment_sample(img, lab, on, np.random.default_rng(3))
+    np.testing.assert_array_equal(b, lab)
+    assert a.std() < 0.7 * img.std()
+    np.testing.assert_allclose(a.mean(), img.mean(), atol=0.02)
+    with pytest.raises(ValueError, match="lowres_factor"):
+        AugmentConfig.from_dict({"lowres_factor": [0.5, 2.0]})
+
+
 def test_random_crop_keeps_image_and_label_aligned():
     img = np.arange(2 * 64 * 64, dtype=np.float32).reshape(2, 64, 64)
     lab = np.zeros((64, 64), np.uint8)
