@@ -16,7 +16,9 @@ Three files come out of one checkpoint, each carrying the checkpoint's :class:`M
   :func:`resunet_trt.kernels.preprocess`, the same code inference uses. Scales are symmetric with zero point 0,
   which is what TensorRT's explicit quantization accepts; Q/DQ pairs sit on the inputs, outputs and weights of
   Conv/ConvTranspose and on the residual Add and ReLU tensors, biases stay float (TensorRT refuses int32
-  DequantizeLinear), Concat and Resize are left in float, and the final 1x1 convolution to logits stays float.
+  DequantizeLinear), Concat and Resize are left in float, the final 1x1 convolution to logits stays float, and
+  so do the nodes whose quantization measurably hurts the labels on the calibration slices
+  (``float_nodes="auto"``, see :mod:`resunet_trt.int8_sensitivity`).
 
 The FP16 and INT8 variants are made in :mod:`resunet_trt.onnx_precision` (importable from here). All files are
 written atomically (temporary file in the target directory, then ``os.replace``).
@@ -276,8 +278,12 @@ def export_all(
     fp16: bool = True,
     int8: bool = True,
     method: str = "percentile",
+    int8_float_nodes: str | Sequence[str] | None = "auto",
 ) -> dict[str, Path]:
     """Checkpoint -> ``{stem}.onnx`` (fp32), ``{stem}.fp16.onnx`` and ``{stem}.int8.onnx`` in ``out_dir``.
+
+    ``int8_float_nodes`` is :func:`quantize_int8`'s ``float_nodes``: ``"auto"`` (by measured sensitivity),
+    ``"none"``, or node names.
 
     Returns:
         ``{"fp32": path, "fp16": path, "int8": path}`` for the files written.
@@ -288,7 +294,12 @@ def export_all(
         paths["fp16"] = convert_fp16(paths["fp32"], out / f"{stem}.fp16.onnx")
     if int8:
         paths["int8"] = quantize_int8(
-            paths["fp32"], out / f"{stem}.int8.onnx", volumes=volumes, data_dir=data_dir, method=method
+            paths["fp32"],
+            out / f"{stem}.int8.onnx",
+            volumes=volumes,
+            data_dir=data_dir,
+            method=method,
+            float_nodes=int8_float_nodes,
         )
     return paths
 
@@ -308,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--method", choices=CALIBRATION_METHODS, default="percentile",
         help="INT8 activation range calibration (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--int8-float-nodes", default="auto", metavar="auto|none|NAME,NAME",
+        help="INT8 nodes left in float: auto (the most sensitive ones, measured on the calibration slices), "
+        "none, or node names separated by commas (default: %(default)s)",
     )
     parser.add_argument("--no-fp16", action="store_true", help="skip the FP16 variant")
     parser.add_argument("--no-int8", action="store_true", help="skip the INT8 variant")
@@ -329,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fp16=not args.no_fp16,
         int8=not args.no_int8,
         method=args.method,
+        int8_float_nodes=args.int8_float_nodes,
     )
     for precision, path in paths.items():
         print(f"{precision}: {path}")

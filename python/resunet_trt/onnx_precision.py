@@ -20,6 +20,7 @@ import numpy as np
 
 from .datasets import find_ct_volumes
 from .files import atomic_write_bytes
+from .int8_sensitivity import DEFAULT_MAX_FLOAT_NODES, DEFAULT_TARGET_AGREEMENT
 from .metadata import ModelMetadata, current_versions, load_onnx, metadata_from_onnx_model, set_onnx_metadata
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -261,6 +262,40 @@ def _exclude_nodes(model: onnx.ModelProto) -> list[str]:
     return excluded
 
 
+def _quantize_static(
+    fp32_path: Path,
+    output: Path,
+    reader: Any,
+    excluded: Sequence[str],
+    method: str,
+    extra_options: dict[str, Any],
+    cache: Path,
+) -> Path:
+    """One ``quantize_static`` run; the first calibrates and fills ``cache``, later ones reuse its ranges."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+    # The calibrators print progress to stdout; keep it out of the caller's output, log it instead.
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        quantize_static(
+            str(fp32_path),
+            str(output),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(excluded),
+            calibrate_method=methods[method],
+            extra_options=extra_options,
+            calibration_cache_path=cache,
+        )
+    logger.debug("calibration: %s", captured.getvalue().strip())
+    return output
+
+
 def quantize_int8(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -274,11 +309,16 @@ def quantize_int8(
     keep_logits_conv_float: bool = True,
     preprocess: bool = True,
     quantize_bias: bool = False,
+    float_nodes: str | Sequence[str] | None = "auto",
+    target_agreement: float = DEFAULT_TARGET_AGREEMENT,
+    max_float_nodes: int = DEFAULT_MAX_FLOAT_NODES,
 ) -> Path:
     """Quantize the fp32 ONNX to int8 with Q/DQ nodes, calibrated on real CT slices.
 
     Weights: symmetric int8 per output channel. Activations: symmetric int8 per tensor (zero point 0), ranges
     from ``method`` ("entropy" or "percentile") on slices produced by :func:`resunet_trt.kernels.preprocess`.
+    Nodes left in float (mixed precision) keep float weights and float inputs; with ``float_nodes="auto"`` they are
+    chosen by measured sensitivity on the calibration slices (:mod:`resunet_trt.int8_sensitivity`).
 
     Args:
         source: the fp32 .onnx written by :func:`export_model` / :func:`export_onnx`.
@@ -297,29 +337,61 @@ def quantize_int8(
             follows a convolution into it).
         quantize_bias: store biases as int32 behind a DequantizeLinear. Off by default: TensorRT's parser accepts
             only int8/fp8 inputs to DequantizeLinear ("only activation types allowed"), so biases stay float.
+        float_nodes: more nodes to leave in float: ``"auto"`` (the most sensitive ones, measured on the
+            calibration slices, until the worse of foreground label agreement and lowest per-class Dice against
+            fp32 there reaches ``target_agreement``
+            or ``max_float_nodes`` are chosen), ``"none"``/``None``, or node names (a list, or one string with
+            commas).
+        target_agreement: for ``"auto"``, in (0, 1].
+        max_float_nodes: for ``"auto"``, >= 0.
 
     Returns:
         The path written.
 
     Raises:
-        ValueError: on bad arguments, or when ``source`` is not our fp32 ONNX.
+        ValueError: on bad arguments (a ``float_nodes`` name that is not a node of the graph among them), or when
+            ``source`` is not our fp32 ONNX.
+        TypeError: when ``float_nodes`` is neither a string nor a sequence of strings.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    methods = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
-    if method not in methods:
+    from .int8_sensitivity import (
+        available_runtimes,
+        candidate_nodes,
+        check_float_nodes,
+        choose_float_nodes,
+        onnx_logits,
+        rank_sensitivity,
+        sensitivity_record,
+        worst_agreement,
+    )
+
+    if method not in CALIBRATION_METHODS:
         raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
     if not 90.0 < percentile <= 100.0:
         raise ValueError(f"percentile must be in (90, 100], got {percentile}")
+    if not 0.0 < target_agreement <= 1.0:
+        raise ValueError(f"target_agreement must be in (0, 1], got {target_agreement}")
+    if isinstance(max_float_nodes, bool) or not isinstance(max_float_nodes, int) or max_float_nodes < 0:
+        raise ValueError(f"max_float_nodes must be an int >= 0, got {max_float_nodes!r}")
     if (volumes is None) == (data_dir is None):
         raise ValueError("give exactly one of volumes= or data_dir= for calibration")
     model = load_onnx(source)
     metadata = _require_fp32_source(model, str(source), "int8")
+    check_float_nodes(float_nodes, model)  # fail on a bad name before the slow calibration
     vols = list(volumes) if volumes is not None else load_calibration_volumes(data_dir)  # type: ignore[arg-type]
     batches = calibration_batches(vols, metadata, batch_size=batch_size, max_slices=max_slices)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    extra_options: dict[str, Any] = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "CalibMovingAverage": False,
+        "QuantizeBias": quantize_bias,
+    }
+    if method == "percentile":
+        extra_options["CalibPercentile"] = percentile
+    auto: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="resunet-int8-", dir=output.parent) as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         if preprocess:
@@ -327,35 +399,43 @@ def quantize_int8(
         else:
             fp32_path.write_bytes(Path(source).read_bytes())
         fp32_model = load_onnx(fp32_path)
-        input_name = fp32_model.graph.input[0].name
+        requested = check_float_nodes(float_nodes, fp32_model)
         excluded = _exclude_nodes(fp32_model) if keep_logits_conv_float else []
-        q_path = Path(tmp) / "int8.onnx"
-        extra_options: dict[str, Any] = {
-            "ActivationSymmetric": True,
-            "WeightSymmetric": True,
-            "CalibMovingAverage": False,
-            "QuantizeBias": quantize_bias,
-        }
-        if method == "percentile":
-            extra_options["CalibPercentile"] = percentile
-        # The calibrators print progress to stdout; keep it out of the caller's output, log it instead.
-        captured = io.StringIO()
-        with contextlib.redirect_stdout(captured):
-            quantize_static(
-                str(fp32_path),
-                str(q_path),
-                _make_reader(equal_batches(batches, batch_size), input_name),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(INT8_OP_TYPES),
-                per_channel=True,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=excluded,
-                calibrate_method=methods[method],
-                extra_options=extra_options,
+        reader = _make_reader(equal_batches(batches, batch_size), fp32_model.graph.input[0].name)
+        cache = Path(tmp) / "calibration.json"
+
+        def quantize(names: Sequence[str], name: str = "trial.onnx") -> Path:
+            return _quantize_static(fp32_path, Path(tmp) / name, reader, names, method, extra_options, cache)
+
+        if requested == "auto":
+            reference = onnx_logits(fp32_path, batches)
+            runtimes = available_runtimes()
+
+            def evaluate(path: str | os.PathLike[str]) -> Any:
+                return worst_agreement(reference, path, batches, runtimes)
+
+            baseline = evaluate(quantize(excluded))
+            ranking = rank_sensitivity(
+                candidate_nodes(fp32_model, excluded), quantize, evaluate, always_float=excluded, baseline=baseline
             )
-        logger.debug("calibration: %s", captured.getvalue().strip())
-        quantized = load_onnx(q_path)
+            chosen, steps = choose_float_nodes(
+                ranking, quantize, evaluate, always_float=excluded, target=target_agreement,
+                max_nodes=max_float_nodes, baseline=baseline,
+            )
+            final = ([s for s in steps if s["kept"]] or [vars(baseline)])[-1]
+            auto = {
+                "float_nodes_rule": f"auto: most sensitive first until min(foreground label agreement, lowest "
+                f"class Dice) against fp32 on the calibration slices >= {target_agreement}, at most "
+                f"{max_float_nodes} nodes, the worst of {', '.join(runtimes)}",
+                "full_int8": {k: round(v, 6) for k, v in vars(baseline).items()},
+                "mixed": {k: round(float(final[k]), 6) for k in ("agreement", "class_dice", "kl")},
+                "sensitivity": sensitivity_record(ranking),
+            }
+            logger.info("int8: %d nodes left in float by sensitivity: %s", len(chosen), ", ".join(chosen) or "none")
+        else:
+            chosen = [n for n in requested if n not in excluded]
+        float_names = [*excluded, *chosen]
+        quantized = load_onnx(quantize(float_names, "int8.onnx"))
     set_onnx_metadata(
         quantized,
         _with_precision_and_versions(
@@ -369,7 +449,8 @@ def quantize_int8(
                 "volumes": len(vols),
                 "weights": "int8 symmetric per output channel",
                 "activations": "int8 symmetric per tensor",
-                "float_nodes": excluded,
+                "float_nodes": float_names,
+                **auto,
             },
         ),
     )
