@@ -95,7 +95,8 @@ class Segmenter:
         min_lesion_voxels: the floor in voxels instead (overrides ``min_lesion_mm3``), or None.
         tta: test-time flip averaging: the network also sees every slab with its context slices reversed and the
             two logits are averaged (twice the network time; for models trained with slice flips).
-        anatomy: remove an organ the network joined to the liver above its dome (the heart); see
+        anatomy: remove an organ the network joined to the liver above its dome (the heart), and lesions that
+            border liver over less than half of their surface (they lie outside it: gallbladder, bowel); see
             :mod:`resunet_trt.anatomy`.
         connectivity: 6, 18 or 26, for the liver and lesion components.
         progress: show progress bars (slabs within a volume, cases in :meth:`segment_files`).
@@ -435,10 +436,11 @@ class Segmenter:
         if not self.anatomy:
             return None
         from . import kernels
-        from .anatomy import drop_organs_above_liver
+        from .anatomy import drop_lesions_outside_liver, drop_organs_above_liver
 
         refined, removed_ml = drop_organs_above_liver(labels, volume.spacing)
-        if removed_ml <= 0:
+        refined, removed_lesions = drop_lesions_outside_liver(refined, volume.spacing, connectivity=self.connectivity)
+        if removed_ml <= 0 and removed_lesions == 0:
             return None
         return kernels.postprocess(refined, min_lesion_voxels=0, connectivity=self.connectivity)
 
