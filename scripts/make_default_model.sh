@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
 # Rebuild the bundled default model from scratch, as it was made (training/configs/default_model.yaml and
-# default_model_phase2.yaml say which data and why), export its ONNX variants, score it on the held-out sample
-# and on every real case, and run the
-# leave-one-case-out ablation (lits117_roi128 held out: synthetic tumors only).
-#   scripts/make_default_model.sh              train + export + evaluate (about 1.5 h on an idle 2-core CPU)
-#   SKIP_TRAIN=1 scripts/make_default_model.sh export + evaluate the existing runs/default_model
-#   SKIP_ABLATION=1 ...                         without the second (ablation) training run
+# default_model_phase2/3_lowres/4.yaml say which data and why), export its ONNX variants, score it on the held-out
+# sample and on every real case, and run the two ablations (lits117_roi128 held out: synthetic tumors only; the
+# phase-1 recipe without synthetic tumors).
+#   scripts/make_default_model.sh              train + export + evaluate (about 2.5 h on a 2-core CPU)
+#   SKIP_TRAIN=1 scripts/make_default_model.sh export + evaluate the existing runs/default_model_phase4
+#   SKIP_ABLATION=1 ...                         without the two ablation training runs
 # The shared data folder (shared/data beside the repository) must be there: the training cases list reads it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python}
 out=python/resunet_trt/models/default
-run=runs/default_model_phase2  # phase 1 (default_model.yaml), then phase 2 from its weights: the shipped model
+run=runs/default_model_phase4  # phases 1-4 (default_model*.yaml), each from the previous weights: the shipped model
 # One thread each: on a shared CPU, two OpenMP threads spin-wait for each other (training/configs: threads 1).
 export OMP_NUM_THREADS=1
 if [ -z "${SKIP_TRAIN:-}" ]; then
   "$python" training/train.py --config training/configs/default_model.yaml --no-progress
   "$python" training/train.py --config training/configs/default_model_phase2.yaml --no-progress
+  "$python" training/train.py --config training/configs/default_model_phase3_lowres.yaml --no-progress
+  "$python" training/train.py --config training/configs/default_model_phase4.yaml --no-progress
   if [ -z "${SKIP_ABLATION:-}" ]; then
     "$python" training/train.py --config training/configs/ablation_no_lits117.yaml --no-progress
+    "$python" training/train.py --config training/configs/ablation_no_synthetic.yaml --no-progress
   fi
 fi
 cp "$run/last.pt" "$out/resunet_default.pt"
@@ -41,7 +44,9 @@ for variant in resunet_default.onnx resunet_default.fp16.onnx resunet_default.in
   "$python" benchmarks/eval_real_cases.py --model "$out/$variant" --backend onnxruntime \
     --json "benchmarks/results/real_cases_${variant//./_}.json"
 done
-if [ -f runs/ablation_no_lits117/last.pt ]; then
-  "$python" benchmarks/eval_real_cases.py --model runs/ablation_no_lits117/last.pt --backend torch \
-    --json benchmarks/results/real_cases_ablation_no_lits117.json
-fi
+for ablation in ablation_no_lits117 ablation_no_synthetic; do
+  if [ -f "runs/$ablation/last.pt" ]; then
+    "$python" benchmarks/eval_real_cases.py --model "runs/$ablation/last.pt" --backend torch \
+      --json "benchmarks/results/real_cases_$ablation.json"
+  fi
+done
