@@ -109,7 +109,9 @@ def test_border_fraction_matches_a_voxel_walk_on_anisotropic_voxels():
     labels[4:8, 5:9, 12:16] = 2  # three columns in the liver, one outside
     labels[2:5, 20:23, 2:5] = 2  # deep inside the liver
     labels[9:12, 20:24, 20:26] = 2  # outside, touching the volume's edge
-    comps, frac = liver_border_fractions(labels, spacing, connectivity=26)
+    box, sub, frac = liver_border_fractions(labels, spacing, connectivity=26)
+    comps = np.zeros(labels.shape, np.int32)
+    comps[box] = sub
     assert frac.shape == (3,)
     for i in range(1, 4):
         assert frac[i - 1] == pytest.approx(_border_fraction_by_loops(labels, spacing, comps == i))
@@ -140,6 +142,8 @@ def test_a_lesion_against_the_liver_edge_is_dropped_one_inside_is_kept():
     np.testing.assert_array_equal(out[~outside], labels[~outside])
     same, none = drop_lesions_outside_liver(out, SPACING)
     assert none == 0 and same is out
+    empty = np.zeros((4, 5, 6), np.uint8)
+    assert drop_lesions_outside_liver(empty, SPACING) == (empty, 0)
     with pytest.raises(ValueError, match="min_liver_border"):
         drop_lesions_outside_liver(labels, SPACING, min_liver_border=1.5)
 
@@ -159,7 +163,7 @@ def test_every_expert_lesion_of_the_real_cases_is_kept(case):
     img = nib.load(path)
     labels = np.ascontiguousarray(np.asarray(img.dataobj).astype(np.uint8).transpose(2, 1, 0))  # (x,y,z) -> (D,H,W)
     spacing = (1.4, 1.4, 1.4) if case == "lits117_roi128" else (5.0, 5.3, 5.3)
-    _, frac = liver_border_fractions(labels, spacing)
+    _, _, frac = liver_border_fractions(labels, spacing)
     assert len(frac) >= 5 and frac.min() > 0.6
     out, removed = drop_lesions_outside_liver(labels, spacing)
     assert removed == 0 and out is labels

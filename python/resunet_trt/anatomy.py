@@ -107,14 +107,27 @@ def drop_organs_above_liver(
     return out, removed_ml
 
 
+def _tumor_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of the tumor voxels grown by one voxel (within the volume), or None without tumor."""
+    tumor_z = np.flatnonzero((labels == 2).any(axis=(1, 2)))
+    if tumor_z.size == 0:
+        return None
+    z0, z1 = int(tumor_z[0]), int(tumor_z[-1]) + 1
+    slab = labels[z0:z1] == 2
+    ys, xs = np.flatnonzero(slab.any(axis=(0, 2))), np.flatnonzero(slab.any(axis=(0, 1)))
+    lo = (z0, int(ys[0]), int(xs[0]))
+    hi = (z1, int(ys[-1]) + 1, int(xs[-1]) + 1)
+    return tuple(slice(max(a - 1, 0), min(b + 1, n)) for a, b, n in zip(lo, hi, labels.shape))
+
+
 def liver_border_fractions(
     labels: np.ndarray, spacing: Sequence[float], *, connectivity: int = 26
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
     """For each tumor component, the share of its surface that borders liver rather than background.
 
     The surface is the set of voxel faces between a tumor voxel and a non-tumor voxel (its six face neighbours),
     each weighted by its physical area, so anisotropic voxels count as the scan's geometry says. Faces on the
-    volume's edge do not count.
+    volume's edge do not count. The work is done inside the tumor's bounding box.
 
     Args:
         labels: uint8 (D, H, W), 0 background, 1 liver, 2 tumor.
@@ -122,8 +135,9 @@ def liver_border_fractions(
         connectivity: 6, 18 or 26, for the tumor components.
 
     Returns:
-        (components, fractions): int32 (D, H, W) component ids (0 = no tumor, 1..n) and float64 (n,) fractions
-        (1.0 for a component without any bordering face).
+        (box, components, fractions): the box (slices into ``labels``, the tumor's bounding box grown by one
+        voxel), int32 component ids of ``labels[box]`` (0 = no tumor, 1..n) and float64 (n,) fractions (1.0 for
+        a component without any bordering face). Without tumor: an empty box, an empty array and no fractions.
     """
     from scipy import ndimage
 
@@ -131,18 +145,22 @@ def liver_border_fractions(
 
     if labels.ndim != 3:
         raise ValueError(f"labels must be 3-D (D, H, W), got shape {labels.shape}")
-    comps, n = kernels.connected_components(labels == 2, connectivity=connectivity)
+    box = _tumor_box(labels)
+    if box is None:
+        return (slice(0, 0),) * 3, np.zeros((0, 0, 0), np.int32), np.zeros(0)
+    sub = np.ascontiguousarray(labels[box])
+    comps, n = kernels.connected_components(sub == 2, connectivity=connectivity)
     comps = np.asarray(comps)
     dz, dy, dx = (float(v) for v in spacing)
     face_area = (dy * dx, dz * dx, dz * dy)  # faces normal to z, y, x
     frac = np.ones(n)
-    for i, box in enumerate(ndimage.find_objects(comps), start=1):
-        if box is None:
+    for i, lesion in enumerate(ndimage.find_objects(comps), start=1):
+        if lesion is None:
             continue
-        # The lesion's box grown by one voxel (within the volume): every face of the lesion lies inside it.
-        grown = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, size)) for b, size in zip(box, labels.shape))
+        # The lesion's box grown by one voxel (within the tumor box): every face of the lesion lies inside it.
+        grown = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, size)) for b, size in zip(lesion, sub.shape))
         inside = comps[grown] == i
-        lab = labels[grown]
+        lab = sub[grown]
         liver = total = 0.0
         for axis in range(3):
             for a, b in ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1))):
@@ -154,7 +172,7 @@ def liver_border_fractions(
                 liver += float(np.count_nonzero(face & (other == 1))) * face_area[axis]
         if total > 0:
             frac[i - 1] = liver / total
-    return comps, frac
+    return box, comps, frac
 
 
 def drop_lesions_outside_liver(
@@ -177,14 +195,12 @@ def drop_lesions_outside_liver(
     """
     if not 0.0 <= float(min_liver_border) <= 1.0:
         raise ValueError(f"min_liver_border must be in [0, 1], got {min_liver_border!r}")
-    if not np.any(labels == 2):
-        return labels, 0
-    comps, frac = liver_border_fractions(labels, spacing, connectivity=connectivity)
+    box, comps, frac = liver_border_fractions(labels, spacing, connectivity=connectivity)
     drop = np.flatnonzero(frac < float(min_liver_border)) + 1
     if drop.size == 0:
         return labels, 0
     out = labels.copy()
-    out[np.isin(comps, drop)] = 0
+    out[box][np.isin(comps, drop)] = 0
     logger.info("removed %d lesion(s) lying mostly outside the liver", int(drop.size))
     return out, int(drop.size)
 
