@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, required=True, help="model file (.pt, .onnx)")
     p.add_argument("--backend", default="auto", help="Segmenter backend")
     p.add_argument("--tta", action="store_true", help="test-time slice-flip averaging")
+    p.add_argument("--no-anatomy", action="store_true",
+                   help="without the anatomy rules (organ above the dome, lesions outside the liver)")
     p.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data", help="the shared data folder")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--overlays", type=Path, help="write one overlay PNG per case here")
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         trained_on = {str(n) for n in training.get("train_cases", [])}
     wanted = {c for c in args.cases.split(",") if c}
     rows = []
-    with Segmenter(model=args.model, device="cpu", backend=args.backend, tta=args.tta) as seg:
+    with Segmenter(model=args.model, device="cpu", backend=args.backend, tta=args.tta,
+                   anatomy=not args.no_anatomy) as seg:
         for case in _cases(args.shared):
             if wanted and case["name"] not in wanted:
                 continue
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row))
         info = {"model": str(args.model), "backend": seg.backend.name, "precision": seg.backend.precision,
-                "tta": args.tta, "command": " ".join(sys.argv)}
+                "tta": args.tta, "anatomy": not args.no_anatomy, "command": " ".join(sys.argv)}
     if args.json:
         atomic_write_bytes(args.json, (json.dumps({"info": info, "cases": rows}, indent=1) + "\n").encode())
     return 0
