@@ -136,8 +136,8 @@ def _additive(gains: dict[str, float], base: float = 0.9):
 def test_rank_then_choose_stops_at_target_and_cap():
     gains = {"a": 0.001, "b": 0.05, "c": 0.03, "d": 0.0}
     quantize, evaluate = _additive(gains)
-    ranking = S.rank_sensitivity([(n, "Conv") for n in gains], quantize, evaluate)
-    assert [r.name for r in ranking][:3] == ["b", "c", "a"]
+    ranking = S.rank_sensitivity([((n,), "Conv") for n in gains], quantize, evaluate)
+    assert [r.nodes for r in ranking][:3] == [("b",), ("c",), ("a",)]
     assert ranking[0].gain == pytest.approx(0.05)
     chosen, steps = S.choose_float_nodes(ranking, quantize, evaluate, target=0.97)
     assert chosen == ["b", "c"] and len(steps) == 2  # 0.9 + 0.05 + 0.03 >= 0.97: stops
@@ -151,6 +151,33 @@ def test_rank_then_choose_stops_at_target_and_cap():
         S.choose_float_nodes(ranking, quantize, evaluate, max_nodes=-1)
 
 
+def test_groups_and_cap_count_nodes():
+    gains = {"a": 0.01, "b": 0.01, "c": 0.02}
+    quantize, evaluate = _additive(gains)
+    ranking = S.rank_sensitivity([(("a", "b"), "Conv+Conv"), (("c",), "Conv")], quantize, evaluate)
+    assert [r.nodes for r in ranking] == [("a", "b"), ("c",)]  # the pair gains 0.02 + lower KL: first
+    assert S.choose_float_nodes(ranking, quantize, evaluate, target=1.0)[0] == ["a", "b", "c"]
+    # a cap of 1 node skips the pair and takes the single node
+    assert S.choose_float_nodes(ranking, quantize, evaluate, target=1.0, max_nodes=1)[0] == ["c"]
+
+
+def test_candidate_groups_join_readers_of_one_tensor_and_residual_blocks():
+    w = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="conv_a"),
+        helper.make_node("Conv", ["x", "w"], ["b"], name="conv_b"),  # reads x too: one group with conv_a
+        helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["r"], name="relu"),  # not a candidate
+        helper.make_node("Conv", ["r", "w"], ["y"], name="head"),
+    ]
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, 4, 4]) for n in ("x", "y")]
+    model = helper.make_model(helper.make_graph(nodes, "g", info[:1], info[1:], [w]))
+    assert S.candidate_groups(model, exclude=["head"]) == [
+        (("conv_a", "conv_b"), "Conv+Conv"),
+        (("conv_a", "conv_b", "add"), "Conv+Conv+Add"),  # the residual sum with the convolutions feeding it
+    ]
+
+
 # -- the whole path on a network with a known fragile layer ------------------------------------------------------
 
 
@@ -161,7 +188,7 @@ def test_auto_finds_the_fragile_layer_and_restores_labels(tmp_path, fragile, ct_
     plain = quantize_int8(fragile, tmp_path / "none.onnx", volumes=ct_volumes, float_nodes="none")
     auto = quantize_int8(fragile, tmp_path / "auto.onnx", volumes=ct_volumes, float_nodes="auto")
     calibration = read_onnx_metadata(auto).extra["export"]["calibration"]
-    assert calibration["sensitivity"][0]["name"] == "fragile"
+    assert calibration["sensitivity"][0]["nodes"] == ["fragile"]
     assert calibration["float_nodes"][:2] == ["head", "fragile"]
     model = onnx.load(str(auto))
     assert not _weight_is_quantized(model, "fragile") and not _weight_is_quantized(model, "head")

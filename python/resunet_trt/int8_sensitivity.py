@@ -6,11 +6,11 @@ of a thin structure such as a small tumor. This module finds those nodes on the 
 (training data, never a held-out case):
 
 1. the reference: the fp32 network's logits on the calibration slices;
-2. the full INT8 network's logits, and for every candidate node, the logits of the INT8 network with just that
-   node left in float ("leave one in float"); a node's sensitivity is how much agreement with fp32 that one node
-   buys back, scored as the worse of foreground label agreement and the lowest per-class Dice (so that a small
+2. the full INT8 network's logits, and for every candidate group (a node, or the convolutions that read one
+   tensor), the logits of the INT8 network with just that group left in float ("leave one in float"); its
+   sensitivity is how much agreement with fp32 that buys back, scored as the worse of foreground label agreement and the lowest per-class Dice (so that a small
    class, the tumor, weighs as much as the liver), softmax KL breaking ties;
-3. greedily, in that order, nodes go back to float until that score reaches a target or a cap on float nodes
+3. greedily, in that order, groups go back to float until that score reaches a target or a cap on float nodes
    is hit.
 
 Quantizing and evaluating are callables handed in by :func:`resunet_trt.onnx_precision.quantize_int8`, so this
@@ -37,7 +37,7 @@ logger = logging.getLogger("resunet_trt.export")
 # (Add). ReLU and pooling have no weights and follow their producer's precision.
 CANDIDATE_OP_TYPES = ("Conv", "ConvTranspose", "Add")
 DEFAULT_TARGET_AGREEMENT = 0.998
-DEFAULT_MAX_FLOAT_NODES = 8
+DEFAULT_MAX_FLOAT_NODES = 24
 # CPU runtimes that sensitivity is measured on, where installed; the worst of them counts.
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -70,16 +70,16 @@ class OutputAgreement:
 
 @dataclass(frozen=True)
 class NodeSensitivity:
-    """What leaving one node in float (the rest int8) gives back.
+    """What leaving one group of nodes in float (the rest int8) gives back.
 
     Attributes:
-        name: the node's name in the graph.
-        op_type: its ONNX op type.
+        nodes: the nodes' names in the graph.
+        op_type: their ONNX op types, joined by "+".
         agreement, pixel_agreement, kl, class_dice: :class:`OutputAgreement` of that network against fp32.
         gain: its ``score`` minus the full INT8 network's (> 0: quantizing this node hurts).
     """
 
-    name: str
+    nodes: tuple[str, ...]
     op_type: str
     agreement: float
     pixel_agreement: float
@@ -130,22 +130,40 @@ def output_agreement(reference: np.ndarray, other: np.ndarray) -> OutputAgreemen
     )
 
 
-def candidate_nodes(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """Nodes whose float fallback is worth measuring: named nodes of :data:`CANDIDATE_OP_TYPES`, in graph order.
+def candidate_groups(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> list[tuple[tuple[str, ...], str]]:
+    """Groups of nodes whose float fallback is worth measuring, in graph order.
+
+    Named nodes of :data:`CANDIDATE_OP_TYPES`, in two kinds of group, which may overlap:
+
+    - convolutions that read the same tensor (a residual block's first convolution and its 1x1 shortcut, both
+      reading the decoder's skip concatenation): a runtime may quantize that shared tensor once for all its
+      readers (OpenVINO aligns the scales of a Concat's inputs), so leaving one reader in float changes nothing;
+    - a residual Add with the convolutions that feed it (the block's sum and its two branches): the sum of two
+      int8 branches is where the error of a block adds up.
 
     Args:
         model: the fp32 graph that is quantized.
         exclude: names already left in float (the logits convolution).
 
     Returns:
-        ``(name, op_type)`` pairs.
+        ``(names, op_types)`` pairs, ``op_types`` the group's op types joined by "+".
     """
     skip = set(exclude)
-    return [
-        (n.name, n.op_type)
-        for n in model.graph.node
-        if n.op_type in CANDIDATE_OP_TYPES and n.name and n.name not in skip
-    ]
+    order = {n.name: i for i, n in enumerate(model.graph.node)}
+    producers = {out: n for n in model.graph.node for out in n.output}
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        if n.op_type not in CANDIDATE_OP_TYPES or not n.name or n.name in skip:
+            continue
+        if n.op_type in ("Conv", "ConvTranspose"):
+            groups.setdefault(f"reads:{n.input[0]}", []).append(n)
+            continue
+        # A residual sum with the convolutions that feed it: with only the Add in float, both its inputs are
+        # still quantized as those convolutions' outputs.
+        feeding = [producers[t] for t in n.input if t in producers]
+        members = [m for m in feeding if m.op_type in ("Conv", "ConvTranspose") and m.name not in skip]
+        groups[f"block:{n.name}"] = sorted([*members, n], key=lambda m: order[m.name])
+    return [(tuple(n.name for n in g), "+".join(n.op_type for n in g)) for g in groups.values()]
 
 
 def check_float_nodes(float_nodes: object, model: onnx.ModelProto) -> str | list[str]:
@@ -194,33 +212,33 @@ Evaluate = Callable[["str | os.PathLike[str]"], OutputAgreement]
 
 
 def rank_sensitivity(
-    candidates: Sequence[tuple[str, str]],
+    candidates: Sequence[tuple[Sequence[str], str]],
     quantize: Quantize,
     evaluate: Evaluate,
     *,
     always_float: Sequence[str] = (),
     baseline: OutputAgreement | None = None,
 ) -> list[NodeSensitivity]:
-    """Rank nodes by how much leaving each one alone in float (the rest int8) improves agreement with fp32.
+    """Rank node groups by how much leaving each alone in float (the rest int8) improves agreement with fp32.
 
     Args:
-        candidates: ``(name, op_type)`` pairs, e.g. from :func:`candidate_nodes`.
+        candidates: ``(names, op_types)`` pairs, e.g. from :func:`candidate_groups`.
         quantize: makes an INT8 file with the given node names left in float, returns its path.
         evaluate: scores a file against fp32 on the calibration slices.
         always_float: names left in float in every trial (the logits convolution).
         baseline: the full INT8 network's score (measured here when not given).
 
     Returns:
-        One :class:`NodeSensitivity` per candidate, most sensitive first (largest score gain, then lowest KL).
+        One :class:`NodeSensitivity` per candidate group, most sensitive first (largest score gain, then lowest KL).
     """
     if baseline is None:
         baseline = evaluate(quantize(list(always_float)))
     ranked = []
-    for i, (name, op_type) in enumerate(candidates):
-        score = evaluate(quantize([*always_float, name]))
+    for i, (names, op_type) in enumerate(candidates):
+        score = evaluate(quantize([*always_float, *names]))
         ranked.append(
             NodeSensitivity(
-                name=name,
+                nodes=tuple(names),
                 op_type=op_type,
                 agreement=score.agreement,
                 pixel_agreement=score.pixel_agreement,
@@ -230,7 +248,7 @@ def rank_sensitivity(
             )
         )
         logger.debug("sensitivity %d/%d %s: agreement %.5f class Dice %.5f kl %.5f", i + 1, len(candidates),
-                     name, score.agreement, score.class_dice, score.kl)
+                     "+".join(names), score.agreement, score.class_dice, score.kl)
     ranked.sort(key=lambda s: (-s.gain, s.kl))
     return ranked
 
@@ -245,21 +263,21 @@ def choose_float_nodes(
     max_nodes: int = DEFAULT_MAX_FLOAT_NODES,
     baseline: OutputAgreement | None = None,
 ) -> tuple[list[str], list[dict[str, float | str | int]]]:
-    """Leave the most sensitive nodes in float, one at a time, until the score against fp32 reaches ``target``.
+    """Leave the most sensitive groups in float, one at a time, until the score against fp32 reaches ``target``.
 
-    A node is kept in float only if adding it raises agreement (or lowers KL at equal agreement); nodes with no
-    measured gain alone are not tried.
+    A group is kept in float only if adding it raises the score (or lowers KL at an equal score); groups with no
+    measured gain alone are not tried, nor groups that would take the float nodes past ``max_nodes``.
 
     Args:
         ranking: from :func:`rank_sensitivity`, most sensitive first.
         quantize, evaluate: as for :func:`rank_sensitivity`.
         always_float: names left in float whatever happens (not counted in ``max_nodes``).
         target: :attr:`OutputAgreement.score` to reach, in (0, 1].
-        max_nodes: at most this many chosen nodes, >= 0.
+        max_nodes: at most this many chosen nodes (not groups), >= 0.
         baseline: the full INT8 network's score (measured here when not given).
 
     Returns:
-        (the chosen names, most sensitive first; one record per step: node, agreement, kl, kept).
+        (the chosen names, most sensitive first; one record per step: nodes, agreement, class Dice, kl, kept).
 
     Raises:
         ValueError: on a bad ``target`` or ``max_nodes``.
@@ -272,24 +290,25 @@ def choose_float_nodes(
     chosen: list[str] = []
     steps: list[dict[str, float | str | int]] = []
     for node in ranking:
-        if current.score >= target or len(chosen) >= max_nodes:
+        if current.score >= target or node.gain <= 0.0:
             break
-        if node.gain <= 0.0:
-            break
-        score = evaluate(quantize([*always_float, *chosen, node.name]))
+        new = [n for n in node.nodes if n not in chosen]
+        if not new or len(chosen) + len(new) > max_nodes:
+            continue
+        score = evaluate(quantize([*always_float, *chosen, *new]))
         kept = score.score > current.score or (score.score == current.score and score.kl < current.kl)
-        steps.append({"node": node.name, "agreement": score.agreement, "class_dice": score.class_dice,
+        steps.append({"nodes": "+".join(node.nodes), "agreement": score.agreement, "class_dice": score.class_dice,
                       "kl": score.kl, "kept": int(kept)})
-        logger.info("float %s: agreement %.5f, class Dice %.5f (kl %.5f)%s", node.name, score.agreement,
+        logger.info("float %s: agreement %.5f, class Dice %.5f (kl %.5f)%s", "+".join(node.nodes), score.agreement,
                     score.class_dice, score.kl, "" if kept else ", no gain: stays int8")
         if kept:
-            chosen.append(node.name)
+            chosen.extend(new)
             current = score
     return chosen, steps
 
 
 def sensitivity_record(ranking: Sequence[NodeSensitivity], top: int = 10) -> list[dict[str, object]]:
-    """The ``top`` most sensitive nodes as plain dicts (for the ONNX metadata)."""
+    """The ``top`` most sensitive groups as plain dicts (for the ONNX metadata)."""
     return [
         {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(s).items()} for s in ranking[:top]
     ]
