@@ -357,7 +357,7 @@ def quantize_int8(
 
     from .int8_sensitivity import (
         available_runtimes,
-        candidate_nodes,
+        candidate_groups,
         check_float_nodes,
         choose_float_nodes,
         onnx_logits,
@@ -416,7 +416,7 @@ def quantize_int8(
 
             baseline = evaluate(quantize(excluded))
             ranking = rank_sensitivity(
-                candidate_nodes(fp32_model, excluded), quantize, evaluate, always_float=excluded, baseline=baseline
+                candidate_groups(fp32_model, excluded), quantize, evaluate, always_float=excluded, baseline=baseline
             )
             chosen, steps = choose_float_nodes(
                 ranking, quantize, evaluate, always_float=excluded, target=target_agreement,
