@@ -157,6 +157,9 @@ def onnx_int8(model_dir, onnx_fp32, lits_small, totalseg) -> Path:
         volumes=[lits_small[0], totalseg[0]],
         method="percentile",
         max_slices=64,
+        # Fully int8: the sensitivity search of the default "auto" costs about 40 s here and has its own tests
+        # (tests/test_int8_sensitivity.py).
+        float_nodes="none",
     )
 
 
