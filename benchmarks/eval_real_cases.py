@@ -140,16 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     from resunet_trt import Segmenter
     from resunet_trt.io import atomic_write_bytes
 
-    trained_on: set[str] = set()
-    if args.model.suffix == ".pt":
-        from resunet_trt.model import load_checkpoint
-
-        training = load_checkpoint(args.model)[1].extra.get("training", {})
-        trained_on = {str(n) for n in training.get("train_cases", [])}
     wanted = {c for c in args.cases.split(",") if c}
     rows = []
     with Segmenter(model=args.model, device="cpu", backend=args.backend, tta=args.tta,
                    anatomy=not args.no_anatomy) as seg:
+        # The training summary travels in every model file's metadata (.pt, .onnx, engines' sidecars).
+        training = seg.metadata.extra.get("training", {})
+        trained_on = {str(n) for n in training.get("train_cases", [])}
         for case in _cases(args.shared):
             if wanted and case["name"] not in wanted:
                 continue
