@@ -146,6 +146,25 @@ def test_a_lesion_against_the_liver_edge_is_dropped_one_inside_is_kept():
     assert drop_lesions_outside_liver(empty, SPACING) == (empty, 0)
     with pytest.raises(ValueError, match="min_liver_border"):
         drop_lesions_outside_liver(labels, SPACING, min_liver_border=1.5)
+    with pytest.raises(ValueError, match="max_lesion_ml"):
+        drop_lesions_outside_liver(labels, SPACING, max_lesion_ml=float("nan"))
+
+
+def test_a_large_tumor_bulging_out_of_the_liver_is_kept():
+    """A big tumor at the liver's edge can border mostly background: only small "lesions" are judged by border."""
+    from resunet_trt.anatomy import drop_lesions_outside_liver, liver_border_fractions
+
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[_ball(SHAPE, LIVER_C, LIVER_R)] = 1
+    big = _ball(SHAPE, (45.0, 48.0, 45.0 + LIVER_R + 2.0), 22.0)  # about 45 mL, mostly outside the liver's sphere
+    labels[big] = 2
+    _, _, frac = liver_border_fractions(labels, SPACING)
+    voxel_ml = np.prod(SPACING) / 1000
+    assert frac[0] < 0.5 and np.count_nonzero(big) * voxel_ml > 10.0
+    out, removed = drop_lesions_outside_liver(labels, SPACING)
+    assert removed == 0 and out is labels
+    out, removed = drop_lesions_outside_liver(labels, SPACING, max_lesion_ml=100.0)
+    assert removed == 1 and not np.any(out == 2)
 
 
 @pytest.mark.parametrize("case", ["lits117_roi128", "lits_small64"])

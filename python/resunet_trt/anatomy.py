@@ -19,9 +19,9 @@ Nothing changes when the mask has a single core, which is the usual case. Runs o
 exact Euclidean distance transform) over the mask's bounding box on the coarse grid: tens of milliseconds for a
 512x512x119 volume.
 
-A lesion cannot lie outside the liver either (:func:`drop_lesions_outside_liver`): a tumor component whose surface
-borders background more than liver (the gallbladder, a bowel loop or fat against the liver's edge) is not a liver
-lesion. On the expert labels of the project's real cases every lesion borders liver over at least two thirds of
+A lesion cannot lie outside the liver either (:func:`drop_lesions_outside_liver`): a small tumor component (up to
+10 mL) whose surface borders background more than liver (the gallbladder, a bowel loop or fat against the liver's
+edge) is not a liver lesion; a larger one is kept, since a large tumor can bulge out of the liver. On the expert labels of the project's real cases every lesion borders liver over at least two thirds of
 its surface, most over more than four fifths.
 """
 
@@ -176,17 +176,24 @@ def liver_border_fractions(
 
 
 def drop_lesions_outside_liver(
-    labels: np.ndarray, spacing: Sequence[float], *, min_liver_border: float = 0.5, connectivity: int = 26
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    min_liver_border: float = 0.5,
+    max_lesion_ml: float = 10.0,
+    connectivity: int = 26,
 ) -> tuple[np.ndarray, int]:
-    """Remove tumor components that border liver over less than ``min_liver_border`` of their surface.
+    """Remove small tumor components that border liver over less than ``min_liver_border`` of their surface.
 
     Such a "lesion" lies mostly outside the liver (a gallbladder, a bowel loop, fat at the liver's edge), so its
-    voxels become background, not liver.
+    voxels become background, not liver. A lesion larger than ``max_lesion_ml`` is kept whatever its border: a
+    large tumor can bulge out of the liver, and a network that calls a whole liver tumor must not lose it.
 
     Args:
         labels: uint8 (D, H, W), 0 background, 1 liver, 2 tumor.
         spacing: (dz, dy, dx) in mm.
         min_liver_border: the least share of a lesion's surface (by area) that must border liver, in [0, 1].
+        max_lesion_ml: only lesions up to this volume (mL) are judged by their border.
         connectivity: 6, 18 or 26, for the tumor components.
 
     Returns:
@@ -195,8 +202,12 @@ def drop_lesions_outside_liver(
     """
     if not 0.0 <= float(min_liver_border) <= 1.0:
         raise ValueError(f"min_liver_border must be in [0, 1], got {min_liver_border!r}")
+    if not float(max_lesion_ml) >= 0.0:
+        raise ValueError(f"max_lesion_ml must be >= 0, got {max_lesion_ml!r}")
     box, comps, frac = liver_border_fractions(labels, spacing, connectivity=connectivity)
-    drop = np.flatnonzero(frac < float(min_liver_border)) + 1
+    voxel_ml = math.prod(float(v) for v in spacing) / 1000.0
+    volume_ml = np.bincount(comps.ravel(), minlength=frac.size + 1)[1:] * voxel_ml
+    drop = np.flatnonzero((frac < float(min_liver_border)) & (volume_ml <= float(max_lesion_ml))) + 1
     if drop.size == 0:
         return labels, 0
     out = labels.copy()

@@ -95,8 +95,9 @@ class Segmenter:
         min_lesion_voxels: the floor in voxels instead (overrides ``min_lesion_mm3``), or None.
         tta: test-time flip averaging: the network also sees every slab with its context slices reversed and the
             two logits are averaged (twice the network time; for models trained with slice flips).
-        anatomy: remove an organ the network joined to the liver above its dome (the heart), and lesions that
-            border liver over less than half of their surface (they lie outside it: gallbladder, bowel); see
+        anatomy: remove an organ the network joined to the liver above its dome (the heart), and small lesions
+            (up to 10 mL) that border liver over less than half of their surface (they lie outside it:
+            gallbladder, bowel); see
             :mod:`resunet_trt.anatomy`.
         connectivity: 6, 18 or 26, for the liver and lesion components.
         progress: show progress bars (slabs within a volume, cases in :meth:`segment_files`).
