@@ -22,6 +22,14 @@ if [ -z "${SKIP_TRAIN:-}" ]; then
   if [ -z "${SKIP_ABLATION:-}" ]; then
     "$python" training/train.py --config training/configs/ablation_no_lits117.yaml --no-progress
     "$python" training/train.py --config training/configs/ablation_no_synthetic.yaml --no-progress
+    # phases 2-4 without synthetic tumors, from the no-synthetic phase 1
+    prev=runs/ablation_no_synthetic
+    for phase in phase2 phase3_lowres phase4; do
+      "$python" training/train.py --config "training/configs/default_model_$phase.yaml" --no-progress \
+        --run-dir "runs/no_synthetic_$phase" --override synthetic_tumors.probability=0.0 \
+        --override "init_from=$prev/last.pt"
+      prev="runs/no_synthetic_$phase"
+    done
   fi
 fi
 cp "$run/last.pt" "$out/resunet_default.pt"
@@ -45,9 +53,14 @@ for variant in resunet_default.onnx resunet_default.fp16.onnx resunet_default.in
   "$python" benchmarks/eval_real_cases.py --model "$out/$variant" --backend onnxruntime \
     --json "benchmarks/results/real_cases_${variant//./_}.json"
 done
-for ablation in ablation_no_lits117 ablation_no_synthetic; do
+for ablation in ablation_no_lits117 ablation_no_synthetic no_synthetic_phase4; do
   if [ -f "runs/$ablation/last.pt" ]; then
     "$python" benchmarks/eval_real_cases.py --model "runs/$ablation/last.pt" --backend torch \
       --json "benchmarks/results/real_cases_$ablation.json"
   fi
+done
+# Each phase of the shipped model, as the model card's table shows them.
+for r in default_model:phase1 default_model_phase2:phase2 default_model_phase3_lowres:phase3; do
+  "$python" benchmarks/eval_real_cases.py --model "runs/${r%%:*}/last.pt" --backend torch \
+    --json "benchmarks/results/real_cases_${r##*:}.json"
 done
