@@ -258,7 +258,9 @@ def test_ctrl_c_exits_130_with_one_line_and_whole_outputs(onnx_fp32, ct_file, tm
     inputs.mkdir()
     # 1.5 mm voxels put the liver within the plausible volume range, so no warning joins stderr.
     first = _with_voxel_size(ct_file, inputs / "case_00.nii.gz", 1.5)
-    n_cases = 40
+    # Enough cases that the run outlasts the poll below on a loaded machine: it must still be working when the
+    # signal comes (40 tiny cases could all finish between two polls there).
+    n_cases = 200
     for i in range(1, n_cases):
         (inputs / f"case_{i:02d}.nii.gz").write_bytes(first.read_bytes())
     out = tmp_path / "out"
