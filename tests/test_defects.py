@@ -265,7 +265,14 @@ def test_ctrl_c_exits_130_with_one_line_and_whole_outputs(onnx_fp32, ct_file, tm
         (inputs / f"case_{i:02d}.nii.gz").write_bytes(first.read_bytes())
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "resunet_trt.cli.seg", str(inputs), "-o", str(out), *_cli_args(onnx_fp32)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As in an interactive shell, the child must not start with SIGINT ignored: a child inherits an ignored SIGINT
+    # from its parent (something in the test session may ignore it), and Python then never raises
+    # KeyboardInterrupt. A handler (unlike "ignore") is reset to the default action in the child.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     try:
         deadline = time.monotonic() + 240
         while not (out.is_dir() and any(out.glob("*_report.json"))):  # working: the first case is written
@@ -278,7 +285,7 @@ def test_ctrl_c_exits_130_with_one_line_and_whole_outputs(onnx_fp32, ct_file, tm
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130, (stdout, stderr)
+    assert proc.returncode == 130, (stdout, stderr, f"SIGINT handler of the test process: {inherited!r}")
     assert stderr.splitlines() == ["resunet-seg: interrupted"], stderr
     files = sorted(p.name for p in out.iterdir())
     assert not [f for f in files if f.startswith(".")], files  # no temporary file left
