@@ -17,6 +17,12 @@ checkpoints written by :func:`resunet_trt.model.save_checkpoint`: weights, model
 names, training summary, metrics; they load with ``torch.load(weights_only=True)``) and ``resume.pt`` (optimizer,
 scheduler, GradScaler and RNG states for ``--resume``).
 
+Stochastic weight averaging (``optim.swa_start_epoch`` > 0): from the end of that epoch on, the weights after
+every epoch join an equal-weight average (kept in ``resume.pt``, so resuming keeps it). During the run ``last.pt``
+holds the plain weights; at the end the average, its BatchNorm statistics recomputed on ``optim.swa_bn_batches``
+training batches, is written to ``swa.pt`` and replaces ``last.pt``, and is validated once (a ``"swa": true``
+record in ``metrics.jsonl``).
+
 Determinism: each epoch's slice draws and augmentations are a pure function of (seed, epoch, sample), and the
 torch/numpy/python RNGs are re-seeded from (seed, epoch) at the start of every epoch, so a run resumed at an epoch
 boundary repeats the uninterrupted run exactly on the CPU.
@@ -34,10 +40,10 @@ import random
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -412,8 +418,8 @@ def _class_means(per_case: dict[str, Any]) -> dict[str, float]:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the trained module (unwrapped, in eval mode), the run folder, the last
-    validation, and the per-epoch history."""
+    """What :func:`train` returns: the trained module (unwrapped, in eval mode; the weight average when SWA ran to
+    the end), the run folder, the last validation, and the per-epoch history."""
 
     model: Any
     run_dir: Path
@@ -504,6 +510,8 @@ class RunPlan:
     epochs: int
     amp_dtype: Any
     init_from: str | None = None
+    swa_start: int = 0  # optim.swa_start_epoch: 0 = no weight averaging
+    swa_bn_batches: int = 16
 
 
 def _init_weights_from(model: Any, path: Path, plan: RunPlan) -> None:
@@ -535,6 +543,7 @@ class RunState:
     best: float | None = None
     bad_evals: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    swa: Any = None  # AveragedModel of the unwrapped model's parameters (optim.swa_start_epoch > 0)
 
 
 def _torch_device(device: str, threads: int) -> tuple[Any, str, DistInfo]:
@@ -571,6 +580,7 @@ def _run_plan(config: dict[str, Any], dev_type: str) -> RunPlan:
     loss_cfg = LossConfig.from_dict(config["loss"])
     config["augment"], config["loss"] = _jsonable(asdict(augment)), _jsonable(asdict(loss_cfg))  # values used
     ocfg = config["optim"]
+    swa_start, swa_bn_batches = _swa_settings(ocfg)
     return RunPlan(
         plane=plane,
         context=context,
@@ -588,7 +598,25 @@ def _run_plan(config: dict[str, Any], dev_type: str) -> RunPlan:
         epochs=int(ocfg["epochs"]),
         amp_dtype=_amp_dtype(ocfg["amp"], dev_type),
         init_from=None if config.get("init_from") is None else str(config["init_from"]),
+        swa_start=swa_start,
+        swa_bn_batches=swa_bn_batches,
     )
+
+
+def _swa_settings(ocfg: dict[str, Any]) -> tuple[int, int]:
+    """(``optim.swa_start_epoch``, ``optim.swa_bn_batches``), checked.
+
+    Raises:
+        ValueError: the start is not an integer in [0, optim.epochs], or the batch count not an integer >= 1.
+    """
+    epochs = int(ocfg["epochs"])
+    start, bn_batches = ocfg["swa_start_epoch"], ocfg["swa_bn_batches"]
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= epochs:
+        raise ValueError(f"optim.swa_start_epoch must be an integer in [0, optim.epochs = {epochs}] "
+                         f"(0 = no weight averaging), got {start!r}")
+    if isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 1:
+        raise ValueError(f"optim.swa_bn_batches must be an integer >= 1, got {bn_batches!r}")
+    return start, bn_batches
 
 
 def _prepare_data(config: dict[str, Any], plan: RunPlan) -> tuple[list[PreparedCase], list[PreparedCase]]:
@@ -630,6 +658,7 @@ def _build_state(
     )
     scaler = torch.amp.GradScaler(dev.type, enabled=plan.amp_dtype == torch.float16)
     state = RunState(model=model, net=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    saved: dict[str, Any] = {}
     if resume_from is not None:
         saved = torch.load(resume_from, map_location=dev, weights_only=True)
         model.load_state_dict(saved["model"])
@@ -644,6 +673,17 @@ def _build_state(
             logger.warning("the run in %s has already finished (%d of %d epochs): nothing to train; to train "
                            "longer, resume with --override optim.epochs=N (N > %d)", resume_from.parent,
                            state.start_epoch, plan.epochs, plan.epochs)
+    if plan.swa_start > 0:
+        from torch.optim.swa_utils import AveragedModel
+
+        # parameters only: BatchNorm statistics of averaged weights are recomputed at the end (_finish_swa)
+        state.swa = AveragedModel(model, use_buffers=False)
+        if "swa" in saved:
+            state.swa.load_state_dict(saved["swa"])
+        elif resume_from is not None and state.start_epoch >= plan.swa_start and dist_info.is_main:
+            logger.warning("%s holds no weight average (written before SWA was on): averaging starts "
+                           "empty at epoch %d although optim.swa_start_epoch is %d", resume_from,
+                           state.start_epoch + 1, plan.swa_start)
     if dist_info.enabled:
         state.net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None
@@ -727,9 +767,63 @@ def _save_resume_state(state: RunState, path: Path, epoch: int) -> None:
             "best": state.best,
             "bad_evals": state.bad_evals,
             "history": json.dumps(state.history),
+            **({"swa": state.swa.state_dict()} if state.swa is not None else {}),
         },
         path,
     )
+
+
+def _swa_bn_batches(dataset: SliceDataset, plan: RunPlan, *, first_draw: int, workers: int,
+                    pin_memory: bool) -> Iterator[Any]:
+    """The first ``plan.swa_bn_batches`` input batches (N, K, h, w) of the training pipeline after the run.
+
+    They come from the sample draws of the epochs that would follow (0-based epoch indices ``first_draw``,
+    ``first_draw + 1``, ...), in order, ``plan.batch_size`` samples each, augmented as in training: a pure
+    function of the seed, so a resumed run recomputes the same statistics.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    given, draw = 0, first_draw
+    while given < plan.swa_bn_batches:
+        _seed_everything(epoch_seed(plan.seed, draw))
+        dataset.set_epoch(draw)
+        loader: Any = DataLoader(cast(Any, dataset), batch_size=plan.batch_size, shuffle=False,
+                                 drop_last=True, num_workers=workers, pin_memory=pin_memory,
+                                 worker_init_fn=_worker_init if workers > 0 else None,
+                                 generator=torch.Generator().manual_seed(epoch_seed(plan.seed, draw)))
+        if len(loader) == 0:
+            logger.warning("an epoch's draw holds no full batch: BatchNorm statistics from %d batches", given)
+            return
+        for x, _, _ in loader:
+            yield x
+            given += 1
+            if given >= plan.swa_bn_batches:
+                return
+        draw += 1
+
+
+def _finish_swa(state: RunState, dataset: SliceDataset, plan: RunPlan, dev: Any, *, epochs_done: int,
+                workers: int) -> Any:
+    """The averaged network, its BatchNorm running statistics recomputed; None when nothing was averaged.
+
+    The statistics are reset and accumulated with equal weight per batch (momentum None) over
+    :func:`_swa_bn_batches`, forward in train mode without gradients, under the run's autocast.
+    """
+    import torch
+    from torch.optim.swa_utils import update_bn
+
+    assert state.swa is not None  # noqa: S101 - checked by the caller
+    if int(state.swa.n_averaged) == 0:
+        logger.warning("no weights were averaged (optim.swa_start_epoch %d, %d epochs done): no swa.pt",
+                       plan.swa_start, epochs_done)
+        return None
+    averaged = state.swa.module
+    batches = _swa_bn_batches(dataset, plan, first_draw=epochs_done, workers=workers,
+                              pin_memory=dev.type == "cuda")
+    with torch.autocast(dev.type, dtype=plan.amp_dtype, enabled=plan.amp_dtype is not None):
+        update_bn(batches, averaged, device=dev)
+    return averaged
 
 
 def train(
@@ -803,17 +897,21 @@ def train(
                     count_parameters(model), epochs, steps_per_epoch, batch_size,
                     f" x {dist_info.world_size} ranks" if dist_info.enabled else "")
 
-    def save_inference(path: Path, epoch: int, val: dict[str, Any] | None) -> None:
-        extra = {
+    def save_inference(path: Path, epoch: int, val: dict[str, Any] | None, *, net: Any = None,
+                       swa: dict[str, int] | None = None) -> None:
+        extra: dict[str, Any] = {
             "training": {**summary_base, "epochs_done": epoch, "history_tail": history[-3:]},
             "metrics": _jsonable(val) if val else {},
         }
-        save_checkpoint(path, model, metadata, extra=extra)
+        if swa is not None:
+            extra["swa"] = swa
+        save_checkpoint(path, model if net is None else net, metadata, extra=extra)
 
     progress = bool(config.get("progress", True)) and dist_info.is_main
     workers = int(config["loader"]["workers"])
     last_val: dict[str, Any] | None = None
     start_epoch = state.start_epoch
+    epochs_done, ended = start_epoch, False  # ended: the schedule ran out or early stopping (not stop_after)
     for epoch in range(start_epoch, epochs):
         ep_seed = epoch_seed(plan.seed, epoch)
         _seed_everything(ep_seed)
@@ -832,6 +930,9 @@ def train(
         n_steps, sums = _train_epoch(state, loader, plan, dev, steps=steps_per_epoch,
                                      bar_label=f"epoch {epoch + 1}/{epochs}" if progress else None)
         elapsed = time.perf_counter() - t_ep
+        epochs_done, ended = epoch + 1, epoch + 1 == epochs
+        if state.swa is not None and epoch + 1 >= plan.swa_start:
+            state.swa.update_parameters(state.model)  # on every rank: the result's weights agree across ranks
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": state.scheduler.get_last_lr()[0],
@@ -868,7 +969,27 @@ def train(
         if stop:
             logger.info("early stopping after epoch %d (no improvement in %d validations)", epoch + 1,
                         state.bad_evals)
+            ended = True
             break
+
+    averaged = None
+    if state.swa is not None and ended:
+        averaged = _finish_swa(state, dataset, plan, dev, epochs_done=epochs_done, workers=workers)
+    if averaged is not None and dist_info.is_main:
+        swa_info = {"start_epoch": plan.swa_start, "epochs_averaged": int(state.swa.n_averaged),
+                    "bn_batches": plan.swa_bn_batches}
+        swa_val = None
+        if val_prep and int(plan.val["every"]) > 0:
+            swa_val = validate(averaged, val_prep, device=dev, batch_size=int(plan.val["batch_size"]),
+                               amp_dtype=plan.amp_dtype)
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": epochs_done, "swa": True, **swa_info, "val": _jsonable(swa_val)})
+                        + "\n")
+        logger.info("weight average of %d epochs (from epoch %d), BatchNorm statistics from %d batches%s",
+                    swa_info["epochs_averaged"], plan.swa_start, plan.swa_bn_batches,
+                    f": val mean Dice {swa_val['mean_dice']:.4f}" if swa_val is not None else "")
+        for name in ("swa.pt", "last.pt"):
+            save_inference(run_dir / name, epochs_done, swa_val, net=averaged, swa=swa_info)
 
     if dist_info.is_main and not val_prep:
         save_inference(run_dir / "best.pt", len(history), None)
@@ -876,8 +997,9 @@ def train(
     if dist_info.is_main:
         summary = describe_best(history, best_path=run_dir / "best.pt", select_best=bool(plan.val["select_best"]),
                                 n_val=len(val_prep), epochs=epochs)
-    model.eval()
-    return TrainResult(model=model, run_dir=run_dir, best_metric=state.best, history=history, best_summary=summary)
+    final = model if averaged is None else averaged
+    final.eval()
+    return TrainResult(model=final, run_dir=run_dir, best_metric=state.best, history=history, best_summary=summary)
 
 
 def _broadcast_flag(flag: bool, dist_info: DistInfo) -> bool:
