@@ -341,3 +341,57 @@ def test_gpu_general_mapping_on_real_labels_matches_cpu(lits117):
     _, lab = lits117
     onehot = (lab[:, None] == np.arange(3)[None, :, None, None]).astype(np.float32)
     _gpu_equals_cpu(onehot, (200, 180), step=(0.8, 0.9), origin=(-16.0, -9.5))
+
+
+def _float32_mirror(logits, out_size):
+    """uint8 labels of the torch mapping computed op by op in float32, as the kernel rounds (no FMA).
+
+    Rows are blended first (w0 * a + w1 * b, each product and the sum rounded to float32), then columns, then
+    numpy's argmax (first maximum wins, NaN counts as the maximum): bit-exact, not within a tolerance.
+    """
+    f32 = np.float32
+
+    def taps(n_in, n_out):
+        scale = f32(n_in) / f32(n_out)
+        src = (scale * (np.arange(n_out, dtype=f32) + f32(0.5))) - f32(0.5)
+        src = np.maximum(src, f32(0.0))
+        i0 = np.minimum(src.astype(np.int64), n_in - 1)
+        w1 = np.clip(src - i0.astype(f32), f32(0.0), f32(1.0)).astype(f32)
+        i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+        return i0, i1, (f32(1.0) - w1).astype(f32), w1
+
+    x = np.asarray(logits, dtype=f32)
+    y0, y1, wy0, wy1 = taps(x.shape[2], out_size[0])
+    x0, x1, wx0, wx1 = taps(x.shape[3], out_size[1])
+    rows = wy0[:, None] * x[:, :, y0, :] + wy1[:, None] * x[:, :, y1, :]
+    values = wx0 * rows[..., x0] + wx1 * rows[..., x1]
+    assert values.dtype == f32
+    return np.argmax(values, axis=1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+@pytest.mark.parametrize("seed", range(4))
+def test_bit_exact_on_plateaus_and_near_ties(classes, seed):
+    # Large one-class plateaus (where the kernel writes labels without blending) next to pixels whose classes
+    # differ by 0 to 3 float32 steps in either direction, at magnitudes from 1e-3 to 1e4, plus a few NaN and huge
+    # values: every label must equal the float32 mirror exactly, so a plateau shortcut that mislabels a near tie
+    # (a higher class ahead by one step can tie with a lower one after blending) fails here.
+    rng = np.random.default_rng(100 + seed)
+    n, h, w = 3, 24, 20
+    winner = rng.integers(0, classes, size=(n, 1, h // 4, w // 4)).repeat(4, axis=2).repeat(4, axis=3)
+    scale = (10.0 ** rng.uniform(-3, 4, size=(n, 1, h, w))).astype(np.float32)
+    logits = rng.standard_normal((n, classes, h, w)).astype(np.float32) * scale
+    top = logits.max(axis=1, keepdims=True) + scale
+    logits = np.where(np.arange(classes)[None, :, None, None] == winner, top, logits).astype(np.float32)
+    near = rng.random((n, 1, h, w)) < 0.3
+    ulps = rng.integers(-3, 4, size=(n, classes, h, w))
+    tied = top.repeat(classes, axis=1)
+    for k in range(3):
+        step = np.sign(ulps) * (np.abs(ulps) > k)
+        tied = np.where(step > 0, np.nextafter(tied, np.float32(np.inf)), tied)
+        tied = np.where(step < 0, np.nextafter(tied, np.float32(-np.inf)), tied)
+    logits = np.where(near, tied, logits).astype(np.float32)
+    logits[0, 0, 1, 2] = np.nan
+    logits[1, classes - 1, 5, 5] = np.float32(3e38)
+    for out_size in [(48, 40), (61, 33), (24, 20), (11, 9)]:
+        np.testing.assert_array_equal(logits_to_labels(logits, out_size=out_size), _float32_mirror(logits, out_size))
