@@ -74,6 +74,17 @@ def test_diameter_takes_the_largest_slice():
     assert longest_axial_diameter_mm(mask, (1.0, 1.0, 0.5)) == pytest.approx(21 * 0.5)
 
 
+def test_diameter_is_not_always_in_the_slice_with_the_widest_box():
+    # Slice 0: a plus sign, box 13 x 13 (diagonal 16.97) but tip to tip only 12. Slice 1: a diagonal line from
+    # (0, 0) to (10, 10), box 11 x 11 (diagonal 14.14) and the same 14.14 end to end. The narrower box wins.
+    mask = np.zeros((2, 13, 13), bool)
+    mask[0, 6, :] = True
+    mask[0, :, 6] = True
+    mask[1, np.arange(11), np.arange(11)] = True
+    assert longest_axial_diameter_mm(mask, (1.0, 1.0, 1.0)) == pytest.approx(math.hypot(10, 10), rel=1e-12)
+    assert longest_axial_diameter_mm(mask[:1], (1.0, 1.0, 1.0)) == pytest.approx(12.0, rel=1e-12)
+
+
 def test_diameter_counts_separate_pieces_of_one_slice():
     mask = np.zeros((1, 10, 40), bool)
     mask[0, 2, 1] = True

@@ -92,6 +92,30 @@ def test_lesions_equal_hand_computed_cubes(cubes):
         assert les.mean_hu == pytest.approx(exp["mean_hu"], abs=1e-9)
 
 
+def test_lesions_measured_on_a_crop_equal_the_whole_volume(cubes):
+    # The pipeline measures components inside the tumor box only; with the crop's origin the report must be the
+    # hand-computed one of the whole volume (same ids, boxes, centroids, diameters, mean HU).
+    from resunet_trt.anatomy import tumor_box
+
+    labels, hu = cubes
+    box = tumor_box(labels)
+    origin = tuple(b.start for b in box)
+    assert origin != (0, 0, 0)
+    stats = kernels.lesion_stats(np.ascontiguousarray(labels[box]), connectivity=26)
+    lesions = build_lesions(stats, volume=_volume(hu), origin=origin)
+    assert lesions == _lesions(labels, hu)
+    for les, bounds in zip(lesions, (CUBE_A, CUBE_B)):
+        assert les.bbox == bounds
+        assert les.mean_hu == pytest.approx(_expected(bounds, hu)["mean_hu"], abs=1e-9)
+
+
+@pytest.mark.parametrize("origin", [(0, 0), (-1, 0, 0)])
+def test_build_lesions_rejects_a_bad_origin(cubes, origin):
+    labels, hu = cubes
+    with pytest.raises(ValueError, match="origin"):
+        build_lesions(kernels.lesion_stats(labels, connectivity=26), volume=_volume(hu), origin=origin)
+
+
 def test_no_tumor_gives_no_lesions(cubes):
     labels, hu = cubes
     labels = np.where(labels == 2, 1, labels).astype(np.uint8)

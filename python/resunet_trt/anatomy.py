@@ -63,14 +63,18 @@ def drop_organs_above_liver(
 
     if labels.ndim != 3:
         raise ValueError(f"labels must be 3-D (D, H, W), got shape {labels.shape}")
-    fg = labels >= 1
-    if not fg.any():
+    # The mask's bounding box from maxima (no full-size boolean temporaries), then the coarse grid from a strided
+    # view of it; the full-resolution mask is only made when something is removed.
+    fg_z = np.flatnonzero(np.max(labels, axis=(1, 2)) >= 1)
+    if fg_z.size == 0:
         return labels, 0.0
-    nz = [np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    box = tuple(slice(int(n[0]), int(n[-1]) + 1) for n in nz)
-    sub = fg[box]
+    z0, z1 = int(fg_z[0]), int(fg_z[-1]) + 1
+    plane = np.max(labels[z0:z1], axis=0) >= 1
+    ys, xs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    box = (slice(z0, z1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
+    sub_shape = tuple(b.stop - b.start for b in box)
     strides = tuple(max(1, int(grid_mm // float(s))) for s in spacing)
-    coarse = sub[:: strides[0], :: strides[1], :: strides[2]]
+    coarse = labels[box][:: strides[0], :: strides[1], :: strides[2]] >= 1
     cell = tuple(float(s) * k for s, k in zip(spacing, strides))
     cell_ml = math.prod(cell) / 1000.0
     # Pad with background so that the box edge counts as outside the mask.
@@ -99,7 +103,7 @@ def drop_organs_above_liver(
     remove = to_dropped < to_main
     for axis, k in enumerate(strides):
         remove = np.repeat(remove, k, axis=axis)
-    remove = remove[: sub.shape[0], : sub.shape[1], : sub.shape[2]] & sub
+    remove = remove[: sub_shape[0], : sub_shape[1], : sub_shape[2]] & (labels[box] >= 1)
     out = labels.copy()
     out[box][remove] = 0
     removed_ml = float(np.count_nonzero(remove)) * math.prod(float(s) for s in spacing) / 1000.0
@@ -107,14 +111,18 @@ def drop_organs_above_liver(
     return out, removed_ml
 
 
-def _tumor_box(labels: np.ndarray) -> tuple[slice, ...] | None:
-    """The bounding box of the tumor voxels grown by one voxel (within the volume), or None without tumor."""
-    tumor_z = np.flatnonzero((labels == 2).any(axis=(1, 2)))
+def tumor_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of the tumor voxels grown by one voxel (within the volume), or None without tumor.
+
+    ``labels`` holds 0, 1 and 2 only, so "holds tumor" is "its maximum is 2": maxima reduce the volume without
+    the full-size boolean temporaries that ``labels == 2`` would allocate.
+    """
+    tumor_z = np.flatnonzero(np.max(labels, axis=(1, 2)) == 2)
     if tumor_z.size == 0:
         return None
     z0, z1 = int(tumor_z[0]), int(tumor_z[-1]) + 1
-    slab = labels[z0:z1] == 2
-    ys, xs = np.flatnonzero(slab.any(axis=(0, 2))), np.flatnonzero(slab.any(axis=(0, 1)))
+    plane = np.max(labels[z0:z1], axis=0) == 2  # (H, W): where any slice of the range holds tumor
+    ys, xs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
     lo = (z0, int(ys[0]), int(xs[0]))
     hi = (z1, int(ys[-1]) + 1, int(xs[-1]) + 1)
     return tuple(slice(max(a - 1, 0), min(b + 1, n)) for a, b, n in zip(lo, hi, labels.shape))
@@ -145,7 +153,7 @@ def liver_border_fractions(
 
     if labels.ndim != 3:
         raise ValueError(f"labels must be 3-D (D, H, W), got shape {labels.shape}")
-    box = _tumor_box(labels)
+    box = tumor_box(labels)
     if box is None:
         return (slice(0, 0),) * 3, np.zeros((0, 0, 0), np.int32), np.zeros(0)
     sub = np.ascontiguousarray(labels[box])

@@ -116,7 +116,8 @@ def longest_axial_diameter_mm(component_mask: np.ndarray, spacing: Sequence[floa
 
     Why it is fast: the farthest pair of a point set lies on its convex hull, and every hull vertex of a set of pixel
     centres is the leftmost or rightmost pixel of its row. So each slice is reduced to two points per row, those to
-    their convex hull when many remain, and only the hull is searched pairwise.
+    their convex hull when many remain, and only the hull is searched pairwise. Slices are searched widest bounding
+    box first, and a slice whose box diagonal cannot beat the best diameter so far is not searched at all.
 
     Args:
         component_mask: (D, H, W) bool (or integer, nonzero = inside) mask of one lesion; it may be a crop of the
@@ -141,11 +142,20 @@ def longest_axial_diameter_mm(component_mask: np.ndarray, spacing: Sequence[floa
     left = crop.argmax(axis=2)  # first True per row
     right = width - 1 - crop[:, :, ::-1].argmax(axis=2)  # last True per row
 
+    # No two points of a slice lie farther apart than the corners of the slice's own bounding box, so the slices
+    # are visited widest box first and the search stops once no remaining box can beat the best diameter found.
+    slice_rows = row_has.any(axis=1)
+    first_row = np.where(slice_rows, row_has.argmax(axis=1), 0)
+    last_row = np.where(slice_rows, row_has.shape[1] - 1 - row_has[:, ::-1].argmax(axis=1), 0)
+    big = np.iinfo(np.int64).max
+    lo_col = np.where(row_has, left, big).min(axis=1)
+    hi_col = np.where(row_has, right, -1).max(axis=1)
+    bound = np.where(slice_rows, np.hypot((last_row - first_row) * dy, (hi_col - lo_col) * dx), -1.0)
     best = 0.0
-    for z in range(crop.shape[0]):
+    for z in np.argsort(-bound, kind="stable"):
+        if bound[z] <= best:
+            break
         rows = np.flatnonzero(row_has[z])
-        if rows.size == 0:
-            continue
         y_mm = rows * dy
         points = np.concatenate(
             [np.stack([y_mm, left[z, rows] * dx], axis=1), np.stack([y_mm, right[z, rows] * dx], axis=1)]

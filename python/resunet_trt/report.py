@@ -89,7 +89,9 @@ def _to_host(x: Any) -> Any:
     return x
 
 
-def build_lesions(stats: Mapping[str, Any], *, volume: CTVolume) -> list[Lesion]:
+def build_lesions(
+    stats: Mapping[str, Any], *, volume: CTVolume, origin: Sequence[int] = (0, 0, 0)
+) -> list[Lesion]:
     """Per-lesion report entries from :func:`resunet_trt.kernels.lesion_stats` output.
 
     Only the bounding box of all lesions is read from ``stats["component_labels"]`` (on the GPU, that crop is
@@ -100,6 +102,9 @@ def build_lesions(stats: Mapping[str, Any], *, volume: CTVolume) -> list[Lesion]
             arrays): ``count``, ``voxels`` (n,), ``bbox`` (n, 6) half-open ``(d0, h0, w0, d1, h1, w1)``,
             ``centroid`` (n, 3) voxel ``(d, h, w)``, ``component_labels`` int32 (D, H, W).
         volume: the CTVolume (HU, spacing (dz, dy, dx) mm, affine) the labels belong to.
+        origin: (d, h, w) of the crop's first voxel when ``stats`` were measured on a crop of the labels (a box
+            holding every tumor voxel: the components and their raster order are then those of the whole volume);
+            the lesions are reported in the whole volume's voxels.
 
     Returns:
         one :class:`Lesion` per tumor component, in component order (id 1 first).
@@ -110,11 +115,18 @@ def build_lesions(stats: Mapping[str, Any], *, volume: CTVolume) -> list[Lesion]
     if count == 0:
         return []
     voxels = np.asarray(_to_host(stats["voxels"]), dtype=np.int64).reshape(count)
+    shift = np.asarray([int(v) for v in origin], dtype=np.int64)
+    if shift.shape != (3,) or (shift < 0).any():
+        raise ValueError(f"origin must be three voxel indices >= 0, got {tuple(origin)!r}")
     bbox = np.asarray(_to_host(stats["bbox"]), dtype=np.int64).reshape(count, 6)
     centroid = np.asarray(_to_host(stats["centroid"]), dtype=np.float64).reshape(count, 3)
     lo, hi = bbox[:, :3].min(axis=0), bbox[:, 3:].max(axis=0)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     components = np.asarray(_to_host(stats["component_labels"][crop]))
+    bbox = bbox + np.concatenate([shift, shift])
+    centroid = centroid + shift
+    lo, hi = lo + shift, hi + shift
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     hu = volume.hu[crop]
     spacing = tuple(float(s) for s in volume.spacing)
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
