@@ -10,17 +10,16 @@ file, the bundled default model is used, in the fastest form available for the d
 :data:`CPU_ORDER` (measured with benchmarks/bench_backends.py, see benchmarks/results/backends_cpu.json):
 
 1. the fp32 ONNX on OpenVINO, run in bf16 where the CPU has it (AVX-512 BF16/AMX), else in fp32. bf16 comes
-   first, before INT8, because it meets the accuracy bar and the bundled INT8 file does not:
+   first, before INT8, because it is the fastest variant that meets the accuracy bar:
    ``benchmarks/agreement_cpu.py`` (labels vs PyTorch fp32 on >= 99.5 % of body voxels, Dice within
-   0.005/0.01 on real CT) passes for bf16 on every case; the bundled INT8 file (mixed precision: the nodes most
-   sensitive to int8 left in float) passes on ONNX Runtime everywhere and on OpenVINO on three of four (lits_small64:
-   liver Dice +0.0053 against the 0.005 limit);
-2. the INT8 ONNX on OpenVINO, chosen with ``precision="int8"``: its float nodes (the decoder convolutions that
-   read the skip concatenations) make it 0.58x bf16 here (a fully int8 file is 1.2-1.3x bf16 but fails the check
-   on three cases); it moves to the front only once an INT8 file passes that check and is faster than bf16;
+   0.005/0.01 on real CT) passes for bf16 and for the bundled INT8 file (mixed precision: the nodes most
+   sensitive to int8 left in float) on every case, but that INT8 file runs at 0.49x bf16;
+2. the INT8 ONNX on OpenVINO, chosen with ``precision="int8"``: its 21 float nodes make it no faster than
+   OpenVINO fp32 here (75 vs 78 slices/s; a fully int8 file was 1.2-1.3x bf16 but failed the check on three
+   cases); it moves to the front only once an INT8 file passes that check and is faster than bf16;
 3. the fp32 ONNX on ONNX Runtime (the portable runtime: ARM, macOS, any x86);
-4. the INT8 ONNX on ONNX Runtime: after fp32, because there INT8 gains little for this network (its
-   pre-activation BN-ReLU units leave most convolutions unfused around the Q/DQ pairs) and costs accuracy;
+4. the INT8 ONNX on ONNX Runtime: after fp32, because there the mixed-precision INT8 file is slower than fp32
+   (61 vs 64 slices/s: its float nodes break the integer chain into many quantize/dequantize steps);
 5. the checkpoint on PyTorch.
 
 ``precision`` narrows the choice: ``"int8"`` takes the INT8 file, ``"bf16"`` the fp32 file on OpenVINO,
