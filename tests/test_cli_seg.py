@@ -99,6 +99,24 @@ def test_mask_written_by_the_cli_is_the_segmenters(onnx_fp32, tmp_path, ct_file)
     assert nib.load(out / "ct_mask.nii.gz").shape == nib.load(ct_file).shape
 
 
+def test_lesion_floor_is_a_volume_by_default(onnx_fp32, tmp_path, ct_file):
+    # Without flags the CLI keeps the Segmenter's physical floor (65 mm³), and --min-lesion-mm3 sets it: the
+    # written masks equal the Segmenter's with the same floor, and a large floor removes lesions the default keeps.
+    from resunet_trt.io import load_ct, load_label
+    from resunet_trt.segmenter import Segmenter
+
+    ct = load_ct(ct_file)
+    masks = {}
+    for name, flags, kwargs in [("default", [], {}), ("big", ["--min-lesion-mm3", "2000"], {"min_lesion_mm3": 2000.0})]:
+        out = tmp_path / name
+        assert main([str(ct_file), "-o", str(out), "--no-report", *flags, *_args(onnx_fp32)]) == 0
+        with Segmenter(model=onnx_fp32, device="cpu", backend="onnxruntime", **kwargs) as seg:
+            expected = seg.segment(ct_file).labels
+        masks[name] = load_label(out / "ct_mask.nii.gz", like=ct)
+        np.testing.assert_array_equal(masks[name], expected)
+    assert np.count_nonzero(masks["big"] == 2) < np.count_nonzero(masks["default"] == 2)
+
+
 def test_glob_matching_nothing_exits_two(onnx_fp32, tmp_path, capsys):
     code = main([str(tmp_path / "nothing*.nii.gz"), "-o", str(tmp_path / "out"), *_args(onnx_fp32)])
     assert code == 2
@@ -115,7 +133,16 @@ def test_unusable_device_is_a_clean_error(tmp_path, capsys, ct_file):
     assert "CUDA" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bad", [["--batch-size", "0"], ["--min-lesion-voxels", "-1"], ["--backend", "tpu"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--batch-size", "0"],
+        ["--min-lesion-voxels", "-1"],
+        ["--min-lesion-mm3", "-5"],
+        ["--min-lesion-mm3", "nan"],
+        ["--backend", "tpu"],
+    ],
+)
 def test_bad_arguments_exit_two(tmp_path, bad, ct_file):
     with pytest.raises(SystemExit) as info:
         main([str(ct_file), "-o", str(tmp_path / "out"), *bad])

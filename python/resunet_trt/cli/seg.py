@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -95,8 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: one per core)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per network batch (default: 16)")
-    parser.add_argument("--min-lesion-voxels", type=int, default=10,
-                        help="smaller tumor components become liver (default: %(default)s)")
+    parser.add_argument("--min-lesion-mm3", type=float, default=65.0,
+                        help="tumor components smaller than this volume become liver, whatever the voxel size "
+                        "(default: %(default)s mm³, a 5 mm sphere)")
+    parser.add_argument("--min-lesion-voxels", type=int, default=None,
+                        help="the floor in voxels instead of --min-lesion-mm3 (overrides it)")
     add_output_options(
         parser,
         format_help="mask format: <case>_mask.nii.gz (nifti), <case>_seg.dcm (dicom-seg, DICOM input only), both; "
@@ -148,8 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.min_lesion_voxels < 0:
+    if args.min_lesion_voxels is not None and args.min_lesion_voxels < 0:
         parser.error(f"--min-lesion-voxels must be >= 0, got {args.min_lesion_voxels}")
+    if not (math.isfinite(args.min_lesion_mm3) and args.min_lesion_mm3 >= 0):
+        parser.error(f"--min-lesion-mm3 must be a finite number >= 0, got {args.min_lesion_mm3}")
     cases, missing = expand_inputs(args.inputs)
     out = runnable_output("resunet-seg", cases, missing, args.out)
     if out is None:
@@ -163,6 +169,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             device=args.device,
             backend=args.backend,
             batch_size=args.batch_size,
+            min_lesion_mm3=args.min_lesion_mm3,
             min_lesion_voxels=args.min_lesion_voxels,
             progress=not args.no_progress,
             num_threads=args.threads,
