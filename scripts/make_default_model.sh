@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Rebuild the bundled default model from scratch, as it was made (training/configs/default_model.yaml and
 # default_model_phase2/3_lowres/4/6_swa.yaml say which data and why), export its ONNX variants, score it on the held-out
-# sample and on every real case, and run the two ablations (lits117_roi128 held out: synthetic tumors only; the
-# phase-1 recipe without synthetic tumors).
-#   scripts/make_default_model.sh              train + export + evaluate (about 2.5 h on a 2-core CPU)
+# sample and on every real case, and run the ablations (lits117_roi128 held out: synthetic tumors only; the phase-1
+# recipe without synthetic tumors, without the MSD slices, without the TotalSegmentator cases).
+#   scripts/make_default_model.sh              train + export + evaluate (about 3.5 h on a 2-core CPU)
 #   SKIP_TRAIN=1 scripts/make_default_model.sh export + evaluate the existing runs/default_model_phase6_swa
-#   SKIP_ABLATION=1 ...                         without the two ablation training runs
+#   SKIP_ABLATION=1 ...                         without the ablation training runs
 # The shared data folder (shared/data beside the repository) must be there: the training cases list reads it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,9 @@ if [ -z "${SKIP_TRAIN:-}" ]; then
   if [ -z "${SKIP_ABLATION:-}" ]; then
     "$python" training/train.py --config training/configs/ablation_no_lits117.yaml --no-progress
     "$python" training/train.py --config training/configs/ablation_no_synthetic.yaml --no-progress
+    # each liver-only source left out of the phase-1 recipe in turn
+    "$python" training/train.py --config training/configs/ablation_no_msd2d.yaml --no-progress
+    "$python" training/train.py --config training/configs/ablation_no_totalseg.yaml --no-progress
     # phases 2-4 without synthetic tumors, from the no-synthetic phase 1
     prev=runs/ablation_no_synthetic
     for phase in phase2 phase3_lowres phase4; do
@@ -61,7 +64,7 @@ for variant in resunet_default.onnx resunet_default.fp16.onnx resunet_default.in
   "$python" benchmarks/eval_real_cases.py --model "$out/$variant" --backend onnxruntime \
     --json "benchmarks/results/real_cases_${variant//./_}.json"
 done
-for ablation in ablation_no_lits117 ablation_no_synthetic no_synthetic_phase4; do
+for ablation in ablation_no_lits117 ablation_no_synthetic no_synthetic_phase4 ablation_no_msd2d ablation_no_totalseg; do
   if [ -f "runs/$ablation/last.pt" ]; then
     "$python" benchmarks/eval_real_cases.py --model "runs/$ablation/last.pt" --backend torch \
       --json "benchmarks/results/real_cases_$ablation.json"
