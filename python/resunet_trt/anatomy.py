@@ -63,15 +63,11 @@ def drop_organs_above_liver(
 
     if labels.ndim != 3:
         raise ValueError(f"labels must be 3-D (D, H, W), got shape {labels.shape}")
-    # The mask's bounding box from maxima (no full-size boolean temporaries), then the coarse grid from a strided
-    # view of it; the full-resolution mask is only made when something is removed.
-    fg_z = np.flatnonzero(np.max(labels, axis=(1, 2)) >= 1)
-    if fg_z.size == 0:
+    # The coarse grid is a strided view of the mask's bounding box; the full-resolution mask is only made when
+    # something is removed.
+    box = _box_of_labels_from(labels, 1)
+    if box is None:
         return labels, 0.0
-    z0, z1 = int(fg_z[0]), int(fg_z[-1]) + 1
-    plane = np.max(labels[z0:z1], axis=0) >= 1
-    ys, xs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
-    box = (slice(z0, z1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
     sub_shape = tuple(b.stop - b.start for b in box)
     strides = tuple(max(1, int(grid_mm // float(s))) for s in spacing)
     coarse = labels[box][:: strides[0], :: strides[1], :: strides[2]] >= 1
@@ -111,21 +107,30 @@ def drop_organs_above_liver(
     return out, removed_ml
 
 
+def _box_of_labels_from(labels: np.ndarray, lowest: int) -> tuple[slice, ...] | None:
+    """The bounding box (D, H, W slices) of the voxels labelled ``lowest`` or higher, or None when there are none.
+
+    Found from maxima (per slice, then over the slices in range), without the full-size boolean temporary that
+    ``labels >= lowest`` would allocate.
+    """
+    z_hit = np.flatnonzero(np.max(labels, axis=(1, 2)) >= lowest)
+    if z_hit.size == 0:
+        return None
+    z0, z1 = int(z_hit[0]), int(z_hit[-1]) + 1
+    plane = np.max(labels[z0:z1], axis=0) >= lowest  # (H, W): where any slice of the range holds such a voxel
+    ys, xs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    return (slice(z0, z1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
+
+
 def tumor_box(labels: np.ndarray) -> tuple[slice, ...] | None:
     """The bounding box of the tumor voxels grown by one voxel (within the volume), or None without tumor.
 
-    ``labels`` holds 0, 1 and 2 only, so "holds tumor" is "its maximum is 2": maxima reduce the volume without
-    the full-size boolean temporaries that ``labels == 2`` would allocate.
+    ``labels`` holds 0, 1 and 2 only, so the tumor voxels are those labelled 2 or higher.
     """
-    tumor_z = np.flatnonzero(np.max(labels, axis=(1, 2)) == 2)
-    if tumor_z.size == 0:
+    box = _box_of_labels_from(labels, 2)
+    if box is None:
         return None
-    z0, z1 = int(tumor_z[0]), int(tumor_z[-1]) + 1
-    plane = np.max(labels[z0:z1], axis=0) == 2  # (H, W): where any slice of the range holds tumor
-    ys, xs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
-    lo = (z0, int(ys[0]), int(xs[0]))
-    hi = (z1, int(ys[-1]) + 1, int(xs[-1]) + 1)
-    return tuple(slice(max(a - 1, 0), min(b + 1, n)) for a, b, n in zip(lo, hi, labels.shape))
+    return tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(box, labels.shape))
 
 
 def liver_border_fractions(
