@@ -111,13 +111,13 @@ def build_lesions(
     """
     from .lesions import longest_axial_diameter_mm
 
+    shift = np.asarray([int(v) for v in origin], dtype=np.int64)
+    if shift.shape != (3,) or (shift < 0).any():
+        raise ValueError(f"origin must be three voxel indices >= 0, got {tuple(origin)!r}")
     count = int(stats["count"])
     if count == 0:
         return []
     voxels = np.asarray(_to_host(stats["voxels"]), dtype=np.int64).reshape(count)
-    shift = np.asarray([int(v) for v in origin], dtype=np.int64)
-    if shift.shape != (3,) or (shift < 0).any():
-        raise ValueError(f"origin must be three voxel indices >= 0, got {tuple(origin)!r}")
     bbox = np.asarray(_to_host(stats["bbox"]), dtype=np.int64).reshape(count, 6)
     centroid = np.asarray(_to_host(stats["centroid"]), dtype=np.float64).reshape(count, 3)
     lo, hi = bbox[:, :3].min(axis=0), bbox[:, 3:].max(axis=0)
