@@ -176,7 +176,7 @@ class Segmenter:
             "Segmenter: backend %s on %s, precision %s, plane %s, context %d, batch %d",
             self.backend.name,
             self.device,
-            self.metadata.precision,
+            self.backend.precision,
             tuple(self.metadata.plane_size),
             self.metadata.context,
             self.batch_size,

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
     parser.add_argument(
-        "--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default: %(default)s)"
+        "--backend", default="auto", help="auto, openvino, onnxruntime, torch or tensorrt (default: %(default)s)"
     )
     return parser
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     with Segmenter(model=args.model, device=args.device, backend=args.backend) as seg:
         outcome = seg.segment_files([ct_path], args.out, overlay=True, report=True)[0]
         metadata = seg.metadata
-        backend, device = seg.backend.name, seg.device
+        backend, device, precision = seg.backend.name, seg.device, seg.backend.precision
     if not outcome.ok or outcome.result is None:
         print(f"resunet-demo: segmentation failed: {outcome.error}", file=sys.stderr)
         return 1
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"sample   {ct_path.name}  {tuple(result.volume.hu.shape)} (D, H, W), spacing {result.volume.spacing} mm"
     )
-    print(f"model    {metadata.precision} via {backend} on {device}")
+    print(f"model    {precision} via {backend} on {device}")
     for kind, path in outcome.outputs.items():
         print(f"wrote    {kind:8s} {Path(path)}")
     print(
