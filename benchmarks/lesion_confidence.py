@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = args.model or str(default_model_path("pt"))
     seg = Segmenter(model=model, device="cpu", backend="torch" if model.endswith(".pt") else "auto")
-    report = {"model": model, "cases": {}}
+    shown = Path(model).resolve()
+    report = {"model": str(shown.relative_to(ROOT)) if shown.is_relative_to(ROOT) else shown.name, "cases": {}}
     for name, ct, label in _cases():
         volume = rio.load_ct(ct)
         truth = np.asarray(rio.load_label(label, volume)) if label is not None else None
