@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", action="store_true", help="test-time slice-flip averaging")
     p.add_argument("--no-anatomy", action="store_true",
                    help="without the anatomy rules (organ above the dome, lesions outside the liver)")
+    p.add_argument("--min-lesion-confidence", type=float, default=None,
+                   help="the Segmenter's lesion confidence floor (default: its own, 0.95; 0 keeps every lesion)")
     p.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data", help="the shared data folder")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--overlays", type=Path, help="write one overlay PNG per case here")
@@ -142,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
 
     wanted = {c for c in args.cases.split(",") if c}
     rows = []
+    options = {} if args.min_lesion_confidence is None else {"min_lesion_confidence": args.min_lesion_confidence}
     with Segmenter(model=args.model, device="cpu", backend=args.backend, tta=args.tta,
-                   anatomy=not args.no_anatomy) as seg:
+                   anatomy=not args.no_anatomy, **options) as seg:
         # The training summary travels in every model file's metadata (.pt, .onnx, engines' sidecars).
         training = seg.metadata.extra.get("training", {})
         trained_on = {str(n) for n in training.get("train_cases", [])}
@@ -157,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row))
         info = {"model": str(args.model), "backend": seg.backend.name, "precision": seg.backend.precision,
-                "tta": args.tta, "anatomy": not args.no_anatomy, "command": " ".join(sys.argv)}
+                "tta": args.tta, "anatomy": not args.no_anatomy,
+                "min_lesion_confidence": seg.min_lesion_confidence, "command": " ".join(sys.argv)}
     if args.json:
         atomic_write_bytes(args.json, (json.dumps({"info": info, "cases": rows}, indent=1) + "\n").encode())
     return 0

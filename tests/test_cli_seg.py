@@ -107,7 +107,11 @@ def test_lesion_floor_is_a_volume_by_default(onnx_fp32, tmp_path, ct_file):
 
     ct = load_ct(ct_file)
     masks = {}
-    for name, flags, kwargs in [("default", [], {}), ("big", ["--min-lesion-mm3", "2000"], {"min_lesion_mm3": 2000.0})]:
+    for name, flags, kwargs in [
+        ("default", [], {}),
+        ("big", ["--min-lesion-mm3", "2000"], {"min_lesion_mm3": 2000.0}),
+        ("unsure", ["--min-lesion-confidence", "0"], {"min_lesion_confidence": 0.0}),
+    ]:
         out = tmp_path / name
         assert main([str(ct_file), "-o", str(out), "--no-report", *flags, *_args(onnx_fp32)]) == 0
         with Segmenter(model=onnx_fp32, device="cpu", backend="onnxruntime", **kwargs) as seg:
@@ -115,6 +119,7 @@ def test_lesion_floor_is_a_volume_by_default(onnx_fp32, tmp_path, ct_file):
         masks[name] = load_label(out / "ct_mask.nii.gz", like=ct)
         np.testing.assert_array_equal(masks[name], expected)
     assert np.count_nonzero(masks["big"] == 2) < np.count_nonzero(masks["default"] == 2)
+    assert np.count_nonzero(masks["unsure"] == 2) >= np.count_nonzero(masks["default"] == 2)
 
 
 def test_glob_matching_nothing_exits_two(onnx_fp32, tmp_path, capsys):
@@ -140,6 +145,8 @@ def test_unusable_device_is_a_clean_error(tmp_path, capsys, ct_file):
         ["--min-lesion-voxels", "-1"],
         ["--min-lesion-mm3", "-5"],
         ["--min-lesion-mm3", "nan"],
+        ["--min-lesion-confidence", "1"],
+        ["--min-lesion-confidence", "-0.5"],
         ["--backend", "tpu"],
     ],
 )

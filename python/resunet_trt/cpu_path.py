@@ -34,6 +34,7 @@ def run_cpu(
     """
     from . import kernels
     from .anatomy import tumor_box
+    from .confidence import sure_tumor
     from .report import build_lesions
 
     hu = volume.hu
@@ -41,6 +42,16 @@ def run_cpu(
     plan = seg._plan(volume)
     labels = np.empty((depth, height, width), dtype=np.uint8)
     bar = seg.progress and not seg._in_files
+    floor = seg._sure_floor()
+    # Where the network was sure of tumor, at its own plane: one bit per pixel, for the lesion confidence floor.
+    sure = None if floor is None else np.zeros((depth, *plan.out_size), dtype=bool)
+
+    def decode(logits: Any, start: int, stop: int) -> None:
+        seg._decode_cpu(logits, labels, start, stop, timings, plan)
+        if sure is not None:
+            t = time.perf_counter()
+            sure[start:stop] = sure_tumor(logits, floor)
+            timings["decode"] += time.perf_counter() - t
 
     def infer(batch: np.ndarray) -> tuple[Any, float]:
         t = time.perf_counter()
@@ -63,18 +74,18 @@ def run_cpu(
             pending = (start, stop, pool.submit(infer, batch))
             del batch
             if previous is not None:
-                seg._decode_cpu(logits, labels, previous[0], previous[1], timings, plan)
+                decode(logits, previous[0], previous[1])
                 del logits
         if pending is not None:
             logits, t_net = pending[2].result()
             timings["infer"] += t_net
-            seg._decode_cpu(logits, labels, pending[0], pending[1], timings, plan)
+            decode(logits, pending[0], pending[1])
     timings["slabs_wall"] = time.perf_counter() - t_loop
     t0 = time.perf_counter()
     labels = kernels.postprocess(
         labels, min_lesion_voxels=seg._lesion_floor(volume), connectivity=seg.connectivity
     )
-    refined = seg._refine(labels, volume)
+    refined = seg._refine(labels, volume, sure, plan)
     if refined is not None:
         labels = refined
     # Components are measured inside the box of the tumor voxels only: the same components in the same order as

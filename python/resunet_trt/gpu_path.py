@@ -35,6 +35,7 @@ def run_gpu(
     import cupy as cp
 
     from . import kernels
+    from .confidence import sure_tumor
     from .report import build_lesions
 
     meta = seg.metadata
@@ -54,6 +55,9 @@ def run_gpu(
         with compute:  # CuPy's pool keeps blocks per stream: allocate where they will be used and freed
             d_hu = cp.empty((depth, height, width), dtype=cp.int16)
             d_labels = cp.empty((depth, height, width), dtype=cp.uint8)
+            floor = seg._sure_floor()
+            # one bool per network pixel: where the network was sure of tumor (the lesion confidence floor)
+            d_sure = None if floor is None else cp.zeros((depth, *vplan.out_size), dtype=cp.bool_)
         # Two pinned staging buffers: the host fills one while the copy engine drains the other.
         pinned = [cp.cuda.alloc_pinned_memory(bs * slice_bytes) for _ in range(2)]
         staging = [np.frombuffer(p, dtype=np.int16, count=bs * height * width) for p in pinned]
@@ -97,6 +101,8 @@ def run_gpu(
                     d_labels[start:stop] = kernels.logits_to_labels(
                         logits, out_size=(height, width), **vplan.kernel_mapping()
                     )
+                    if d_sure is not None:
+                        d_sure[start:stop] = sure_tumor(logits, floor)
                     e3.record(compute)
                     stage_events.append((e0, e1, e2, e3))
                     del batch, logits
@@ -114,6 +120,7 @@ def run_gpu(
                 labels = np.empty((depth, height, width), dtype=np.uint8)
                 t_down = time.perf_counter()
                 d_post.get(stream=compute, out=labels)
+                sure = None if d_sure is None else d_sure.get(stream=compute)
                 liver_voxels = int(liver_voxels_d.get(stream=compute))
                 compute.synchronize()
                 timings["download"] = time.perf_counter() - t_down
@@ -122,7 +129,7 @@ def run_gpu(
             copy.synchronize()
         t_device = time.perf_counter() - t_wall
         t0 = time.perf_counter()
-        refined = seg._refine(labels, volume)  # on the host: a rare case, and the labels are here already
+        refined = seg._refine(labels, volume, sure, vplan)  # on the host: a rare case, and the labels are here already
         if refined is not None:
             labels = refined
             stats = kernels.lesion_stats(labels, connectivity=seg.connectivity)

@@ -99,6 +99,9 @@ class Segmenter:
             (up to 10 mL) that border liver over less than half of their surface (they lie outside it:
             gallbladder, bowel); see
             :mod:`resunet_trt.anatomy`.
+        min_lesion_confidence: a lesion is kept only if the network's tumor probability reaches this somewhere in
+            it; others become liver (the network hesitated there: dark vessels, partial volume). 0 keeps every
+            lesion. See :mod:`resunet_trt.confidence`.
         connectivity: 6, 18 or 26, for the liver and lesion components.
         progress: show progress bars (slabs within a volume, cases in :meth:`segment_files`).
         num_threads: CPU inference threads of the OpenVINO, ONNX Runtime or PyTorch backend (None: the library's
@@ -126,6 +129,7 @@ class Segmenter:
         precision: str | None = None,
         tta: bool = False,
         anatomy: bool = True,
+        min_lesion_confidence: float = 0.95,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -142,6 +146,12 @@ class Segmenter:
             or min_lesion_mm3 < 0
         ):
             raise ValueError(f"min_lesion_mm3 must be a volume in mm³ >= 0, got {min_lesion_mm3!r}")
+        if (
+            isinstance(min_lesion_confidence, bool)
+            or not isinstance(min_lesion_confidence, (int, float, np.integer, np.floating))
+            or not 0.0 <= float(min_lesion_confidence) < 1.0
+        ):
+            raise ValueError(f"min_lesion_confidence must be a probability in [0, 1), got {min_lesion_confidence!r}")
         if connectivity not in (6, 18, 26):
             raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
         if model is not None and not isinstance(model, (str, os.PathLike)):
@@ -151,6 +161,7 @@ class Segmenter:
         self.min_lesion_voxels = None if min_lesion_voxels is None else int(min_lesion_voxels)
         self.tta = bool(tta)
         self.anatomy = bool(anatomy)
+        self.min_lesion_confidence = float(min_lesion_confidence)
         self.connectivity = int(connectivity)
         self.progress = bool(progress)
         self._in_files = False  # segment_files shows one bar over cases instead of one per volume
@@ -207,7 +218,8 @@ class Segmenter:
         return (
             f"Segmenter(backend={self.backend.name!r}, device={self.device!r}, batch_size={self.batch_size}, "
             f"min_lesion_mm3={self.min_lesion_mm3:g}, min_lesion_voxels={self.min_lesion_voxels}, tta={self.tta}, "
-            f"anatomy={self.anatomy}, connectivity={self.connectivity})"
+            f"anatomy={self.anatomy}, min_lesion_confidence={self.min_lesion_confidence:g}, "
+            f"connectivity={self.connectivity})"
         )
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -270,6 +282,7 @@ class Segmenter:
                 "connectivity": self.connectivity,
                 "tta": self.tta,
                 "anatomy": self.anatomy,
+                "min_lesion_confidence": self.min_lesion_confidence,
                 "pixel_mm": self.metadata.pixel_mm,
                 "slice_mm": self.metadata.slice_mm,
                 "model": self._model_name(),
@@ -432,18 +445,21 @@ class Segmenter:
         other = self.backend.infer(xp.ascontiguousarray(flipped))
         return (logits.astype(xp.float32) + other.astype(xp.float32)) * 0.5
 
-    def _refine(self, labels: np.ndarray, volume: CTVolume) -> np.ndarray | None:
-        """The labels after the anatomy rule, or None when it changed nothing."""
-        if not self.anatomy:
-            return None
-        from . import kernels
-        from .anatomy import drop_lesions_outside_liver, drop_organs_above_liver
+    def _refine(
+        self, labels: np.ndarray, volume: CTVolume, sure: np.ndarray | None = None, plan: VolumePlan | None = None
+    ) -> np.ndarray | None:
+        """The labels after the anatomy rules and the lesion confidence floor (``sure``: bool (D, h, w) of
+        :func:`resunet_trt.confidence.sure_tumor`, decoded with ``plan``), or None when they changed nothing."""
+        from .confidence import refine_labels
 
-        refined, removed_ml = drop_organs_above_liver(labels, volume.spacing)
-        refined, removed_lesions = drop_lesions_outside_liver(refined, volume.spacing, connectivity=self.connectivity)
-        if removed_ml <= 0 and removed_lesions == 0:
-            return None
-        return kernels.postprocess(refined, min_lesion_voxels=0, connectivity=self.connectivity)
+        return refine_labels(labels, volume.spacing, anatomy=self.anatomy, sure=sure,
+                             mapping={} if plan is None else plan.kernel_mapping(), connectivity=self.connectivity)
+
+    def _sure_floor(self) -> float | None:
+        """The tumor log-odds a lesion must reach somewhere, or None when every lesion is kept."""
+        from .confidence import log_odds_floor
+
+        return log_odds_floor(self.min_lesion_confidence)
 
     # -- CPU path ---------------------------------------------------------------------------------
     def _run_cpu(

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s mm³, a 5 mm sphere)")
     parser.add_argument("--min-lesion-voxels", type=int, default=None,
                         help="the floor in voxels instead of --min-lesion-mm3 (overrides it)")
+    parser.add_argument("--min-lesion-confidence", type=float, default=0.95,
+                        help="a lesion is kept only where the network's tumor probability reaches this somewhere in "
+                        "it, else it becomes liver; 0 keeps every lesion (default: %(default)s)")
     add_output_options(
         parser,
         format_help="mask format: <case>_mask.nii.gz (nifti), <case>_seg.dcm (dicom-seg, DICOM input only), both; "
@@ -154,6 +157,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.min_lesion_voxels is not None and args.min_lesion_voxels < 0:
         parser.error(f"--min-lesion-voxels must be >= 0, got {args.min_lesion_voxels}")
+    if not 0.0 <= args.min_lesion_confidence < 1.0:
+        parser.error(f"--min-lesion-confidence must be in [0, 1), got {args.min_lesion_confidence}")
     if not (math.isfinite(args.min_lesion_mm3) and args.min_lesion_mm3 >= 0):
         parser.error(f"--min-lesion-mm3 must be a finite number >= 0, got {args.min_lesion_mm3}")
     cases, missing = expand_inputs(args.inputs)
@@ -171,6 +176,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             min_lesion_mm3=args.min_lesion_mm3,
             min_lesion_voxels=args.min_lesion_voxels,
+            min_lesion_confidence=args.min_lesion_confidence,
             progress=not args.no_progress,
             num_threads=args.threads,
             precision=args.precision,
