@@ -60,21 +60,25 @@ export OMP_NUM_THREADS=2
   --json benchmarks/results/real_cases_default_pt.json --overlays docs/img/cases
 "$python" benchmarks/eval_real_cases.py --model "$out/resunet_default.pt" --backend torch --tta \
   --json benchmarks/results/real_cases_default_pt_tta.json
+# Without the lesion confidence floor (the phase and ablation rows below were measured so, before it existed).
+"$python" benchmarks/eval_real_cases.py --model "$out/resunet_default.pt" --backend torch --min-lesion-confidence 0 \
+  --json benchmarks/results/real_cases_default_pt_no_confidence_floor.json
+"$python" benchmarks/lesion_confidence.py --json benchmarks/results/lesion_confidence.json
 for variant in resunet_default.onnx resunet_default.fp16.onnx resunet_default.int8.onnx; do
   "$python" benchmarks/eval_real_cases.py --model "$out/$variant" --backend onnxruntime \
     --json "benchmarks/results/real_cases_${variant//./_}.json"
 done
 for ablation in ablation_no_lits117 ablation_no_synthetic no_synthetic_phase4 ablation_no_msd2d ablation_no_totalseg; do
   if [ -f "runs/$ablation/last.pt" ]; then
-    "$python" benchmarks/eval_real_cases.py --model "runs/$ablation/last.pt" --backend torch \
+    "$python" benchmarks/eval_real_cases.py --model "runs/$ablation/last.pt" --backend torch --min-lesion-confidence 0 \
       --json "benchmarks/results/real_cases_$ablation.json"
   fi
 done
 # Each phase of the shipped model, as the model card's table shows them.
 for r in default_model:phase1 default_model_phase2:phase2 default_model_phase3_lowres:phase3 default_model_phase4:phase4; do
-  "$python" benchmarks/eval_real_cases.py --model "runs/${r%%:*}/last.pt" --backend torch \
+  "$python" benchmarks/eval_real_cases.py --model "runs/${r%%:*}/last.pt" --backend torch --min-lesion-confidence 0 \
     --json "benchmarks/results/real_cases_${r##*:}.json"
 done
 # Phase 6 without the averaging: its plain last epoch (best.pt: the last validation, val.select_best is false).
-"$python" benchmarks/eval_real_cases.py --model runs/default_model_phase6_swa/best.pt --backend torch \
+"$python" benchmarks/eval_real_cases.py --model runs/default_model_phase6_swa/best.pt --backend torch --min-lesion-confidence 0 \
   --json benchmarks/results/real_cases_phase6_plain_epoch24.json

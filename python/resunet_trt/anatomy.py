@@ -44,6 +44,7 @@ def drop_organs_above_liver(
     min_core_ml: float = 10.0,
     superior_quantile: float = 0.9,
     grid_mm: float = 3.0,
+    inplace: bool = False,
 ) -> tuple[np.ndarray, float]:
     """Remove from a 0/1/2 label volume an organ joined to the liver above its dome (see the module docstring).
 
@@ -55,9 +56,10 @@ def drop_organs_above_liver(
         superior_quantile: a second core whose centroid lies above this quantile of the liver core's slices is
             removed.
         grid_mm: the coarse grid's voxel size (never finer than the volume's own).
+        inplace: remove from ``labels`` itself instead of a copy.
 
     Returns:
-        (labels, removed mL): the input itself when nothing was removed, else a new array.
+        (labels, removed mL): the input itself when nothing was removed (or ``inplace``), else a new array.
     """
     from scipy import ndimage
 
@@ -100,7 +102,7 @@ def drop_organs_above_liver(
     for axis, k in enumerate(strides):
         remove = np.repeat(remove, k, axis=axis)
     remove = remove[: sub_shape[0], : sub_shape[1], : sub_shape[2]] & (labels[box] >= 1)
-    out = labels.copy()
+    out = labels if inplace else labels.copy()
     out[box][remove] = 0
     removed_ml = float(np.count_nonzero(remove)) * math.prod(float(s) for s in spacing) / 1000.0
     logger.info("removed %.1f mL joined to the liver above its dome (%d core(s))", removed_ml, len(drop))
@@ -195,6 +197,7 @@ def drop_lesions_outside_liver(
     min_liver_border: float = 0.5,
     max_lesion_ml: float = 10.0,
     connectivity: int = 26,
+    inplace: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Remove small tumor components that border liver over less than ``min_liver_border`` of their surface.
 
@@ -208,25 +211,37 @@ def drop_lesions_outside_liver(
         min_liver_border: the least share of a lesion's surface (by area) that must border liver, in [0, 1].
         max_lesion_ml: only lesions up to this volume (mL) are judged by their border.
         connectivity: 6, 18 or 26, for the tumor components.
+        inplace: remove from ``labels`` itself instead of a copy.
 
     Returns:
-        (labels, removed): the input itself when nothing was removed, else a new array; the number of lesions
-        removed.
+        (labels, removed): the input itself when nothing was removed (or ``inplace``), else a new array; the number
+        of lesions removed.
     """
     if not 0.0 <= float(min_liver_border) <= 1.0:
         raise ValueError(f"min_liver_border must be in [0, 1], got {min_liver_border!r}")
     if not float(max_lesion_ml) >= 0.0:
         raise ValueError(f"max_lesion_ml must be >= 0, got {max_lesion_ml!r}")
+    from scipy import ndimage
+
     box, comps, frac = liver_border_fractions(labels, spacing, connectivity=connectivity)
-    voxel_ml = math.prod(float(v) for v in spacing) / 1000.0
-    volume_ml = np.bincount(comps.ravel(), minlength=frac.size + 1)[1:] * voxel_ml
-    drop = np.flatnonzero((frac < float(min_liver_border)) & (volume_ml <= float(max_lesion_ml))) + 1
-    if drop.size == 0:
+    candidates = np.flatnonzero(frac < float(min_liver_border)) + 1
+    if candidates.size == 0:
         return labels, 0
-    out = labels.copy()
-    out[box][np.isin(comps, drop)] = 0
-    logger.info("removed %d lesion(s) lying mostly outside the liver", int(drop.size))
-    return out, int(drop.size)
+    # Volumes and removal inside each candidate's own box: the tumor box can span most of the volume.
+    voxel_ml = math.prod(float(v) for v in spacing) / 1000.0
+    objects = ndimage.find_objects(comps)
+    drop = []
+    for i in candidates:
+        inside = comps[objects[i - 1]] == i
+        if np.count_nonzero(inside) * voxel_ml <= float(max_lesion_ml):
+            drop.append((objects[i - 1], inside))
+    if not drop:
+        return labels, 0
+    out = labels if inplace else labels.copy()
+    for lesion, inside in drop:
+        out[box][lesion][inside] = 0
+    logger.info("removed %d lesion(s) lying mostly outside the liver", len(drop))
+    return out, len(drop)
 
 
 __all__ = ["drop_lesions_outside_liver", "drop_organs_above_liver", "liver_border_fractions"]

@@ -43,9 +43,11 @@ def refine_labels(
     sure: np.ndarray | None,
     mapping: Mapping[str, Any],
     connectivity: int,
+    inplace: bool = False,
 ) -> np.ndarray | None:
     """The rules after the argmax and the largest component: the anatomy rules (:mod:`resunet_trt.anatomy`), then
-    the confidence floor (:func:`drop_unsure_lesions`, skipped when ``sure`` is None).
+    the confidence floor (:func:`drop_unsure_lesions`, skipped when ``sure`` is None). ``inplace``: the rules
+    change ``labels`` itself (a pipeline's own array) instead of copies of it.
 
     Returns:
         the new labels (postprocessed again: the liver's largest component), or None when nothing changed.
@@ -56,11 +58,15 @@ def refine_labels(
     if anatomy:
         from .anatomy import drop_lesions_outside_liver, drop_organs_above_liver
 
-        refined, removed_ml = drop_organs_above_liver(refined, spacing)
-        refined, removed_lesions = drop_lesions_outside_liver(refined, spacing, connectivity=connectivity)
-        changed = removed_ml > 0 or removed_lesions > 0
+        refined, removed_ml = drop_organs_above_liver(refined, spacing, inplace=inplace)
+        changed = removed_ml > 0
+        refined, removed_lesions = drop_lesions_outside_liver(
+            refined, spacing, connectivity=connectivity, inplace=inplace or changed
+        )
+        changed = changed or removed_lesions > 0
     if sure is not None:
-        refined, unsure = drop_unsure_lesions(refined, sure, mapping, connectivity=connectivity)
+        refined, unsure = drop_unsure_lesions(refined, sure, mapping, connectivity=connectivity,
+                                              inplace=inplace or changed)
         changed = changed or unsure > 0
     if not changed:
         return None
@@ -79,10 +85,21 @@ def sure_tumor(logits: Any, min_log_odds: float) -> Any:
     xp = _array_module(logits)
     values = logits.astype(xp.float32, copy=False)
     tumor = values[:, TUMOR_CLASS]
-    others = xp.concatenate([values[:, :TUMOR_CLASS], values[:, TUMOR_CLASS + 1 :]], axis=1)
-    top = others.max(axis=1)
-    rest = top + xp.log(xp.exp(others - top[:, None]).sum(axis=1))
-    return (tumor - rest) >= xp.float32(min_log_odds)
+    others = [values[:, c] for c in range(values.shape[1]) if c != TUMOR_CLASS]
+    top = others[0]
+    for plane in others[1:]:
+        top = xp.maximum(top, plane)
+    # log-sum-exp of the others lies in [top, top + log(C - 1)]: the margin over the best other class decides
+    # most pixels; the exponentials are taken only where it does not.
+    margin = tumor - top
+    floor = xp.float32(min_log_odds)
+    sure = margin >= floor + xp.float32(math.log(len(others)))
+    unsure = (margin >= floor) & ~sure
+    if bool(unsure.any()):
+        best = top[unsure]
+        total = sum(xp.exp(plane[unsure] - best) for plane in others)
+        sure[unsure] = (tumor[unsure] - (best + xp.log(total))) >= floor
+    return sure
 
 
 def nearest_source_index(n_out: int, n_in: int, step: float | None = None, origin: float = 0.0) -> np.ndarray:
@@ -97,7 +114,7 @@ def nearest_source_index(n_out: int, n_in: int, step: float | None = None, origi
 
 
 def drop_unsure_lesions(
-    labels: np.ndarray, sure: np.ndarray, mapping: Mapping[str, Any], *, connectivity: int = 26
+    labels: np.ndarray, sure: np.ndarray, mapping: Mapping[str, Any], *, connectivity: int = 26, inplace: bool = False
 ) -> tuple[np.ndarray, int]:
     """Turn into liver every tumor component none of whose voxels maps to a sure network pixel.
 
@@ -107,10 +124,11 @@ def drop_unsure_lesions(
         mapping: ``VolumePlan.kernel_mapping()``: ``{}`` (whole-plane resize) or ``{"step": (sy, sx), "origin":
             (oy, ox)}``, the mapping the labels were decoded with.
         connectivity: 6, 18 or 26, for the tumor components.
+        inplace: change ``labels`` itself instead of a copy.
 
     Returns:
-        (labels, removed): the input itself when every lesion is kept, else a new array; the number of lesions
-        turned into liver.
+        (labels, removed): the input itself when every lesion is kept (or ``inplace``), else a new array; the
+        number of lesions turned into liver.
     """
     from . import kernels
     from .anatomy import tumor_box
@@ -132,8 +150,13 @@ def drop_unsure_lesions(
     unsure = np.setdiff1d(np.arange(1, n + 1), sure_ids)
     if unsure.size == 0:
         return labels, 0
-    out = labels.copy()
-    out[box][np.isin(comps, unsure)] = 1
+    from scipy import ndimage
+
+    out = labels if inplace else labels.copy()
+    objects = ndimage.find_objects(comps)
+    for i in unsure:  # inside each lesion's own box: the tumor box can span most of the volume
+        lesion = objects[i - 1]
+        out[box][lesion][comps[lesion] == i] = 1
     logger.info("%d lesion(s) without a pixel the network was sure of became liver", int(unsure.size))
     return out, int(unsure.size)
 

@@ -34,7 +34,7 @@ def run_cpu(
     """
     from . import kernels
     from .anatomy import tumor_box
-    from .confidence import sure_tumor
+    from .confidence import log_odds_floor, sure_tumor
     from .report import build_lesions
 
     hu = volume.hu
@@ -42,7 +42,7 @@ def run_cpu(
     plan = seg._plan(volume)
     labels = np.empty((depth, height, width), dtype=np.uint8)
     bar = seg.progress and not seg._in_files
-    floor = seg._sure_floor()
+    floor = log_odds_floor(seg.min_lesion_confidence)  # None: keep every lesion
     # Where the network was sure of tumor, at its own plane: one bit per pixel, for the lesion confidence floor.
     sure = None if floor is None else np.zeros((depth, *plan.out_size), dtype=bool)
 
@@ -85,7 +85,7 @@ def run_cpu(
     labels = kernels.postprocess(
         labels, min_lesion_voxels=seg._lesion_floor(volume), connectivity=seg.connectivity
     )
-    refined = seg._refine(labels, volume, sure, plan)
+    refined = seg._refine(labels, volume, sure, plan, inplace=True)
     if refined is not None:
         labels = refined
     # Components are measured inside the box of the tumor voxels only: the same components in the same order as

@@ -35,7 +35,7 @@ def run_gpu(
     import cupy as cp
 
     from . import kernels
-    from .confidence import sure_tumor
+    from .confidence import log_odds_floor, sure_tumor
     from .report import build_lesions
 
     meta = seg.metadata
@@ -55,7 +55,7 @@ def run_gpu(
         with compute:  # CuPy's pool keeps blocks per stream: allocate where they will be used and freed
             d_hu = cp.empty((depth, height, width), dtype=cp.int16)
             d_labels = cp.empty((depth, height, width), dtype=cp.uint8)
-            floor = seg._sure_floor()
+            floor = log_odds_floor(seg.min_lesion_confidence)  # None: keep every lesion
             # one bool per network pixel: where the network was sure of tumor (the lesion confidence floor)
             d_sure = None if floor is None else cp.zeros((depth, *vplan.out_size), dtype=cp.bool_)
         # Two pinned staging buffers: the host fills one while the copy engine drains the other.
@@ -129,7 +129,7 @@ def run_gpu(
             copy.synchronize()
         t_device = time.perf_counter() - t_wall
         t0 = time.perf_counter()
-        refined = seg._refine(labels, volume, sure, vplan)  # on the host: a rare case, and the labels are here already
+        refined = seg._refine(labels, volume, sure, vplan, inplace=True)  # on the host: a rare case, and the labels are here already
         if refined is not None:
             labels = refined
             stats = kernels.lesion_stats(labels, connectivity=seg.connectivity)

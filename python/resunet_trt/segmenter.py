@@ -445,21 +445,16 @@ class Segmenter:
         other = self.backend.infer(xp.ascontiguousarray(flipped))
         return (logits.astype(xp.float32) + other.astype(xp.float32)) * 0.5
 
-    def _refine(
-        self, labels: np.ndarray, volume: CTVolume, sure: np.ndarray | None = None, plan: VolumePlan | None = None
-    ) -> np.ndarray | None:
+    def _refine(self, labels: np.ndarray, volume: CTVolume, sure: np.ndarray | None = None,
+                plan: VolumePlan | None = None, *, inplace: bool = False) -> np.ndarray | None:
         """The labels after the anatomy rules and the lesion confidence floor (``sure``: bool (D, h, w) of
-        :func:`resunet_trt.confidence.sure_tumor`, decoded with ``plan``), or None when they changed nothing."""
+        :func:`resunet_trt.confidence.sure_tumor`, decoded with ``plan``), or None when they changed nothing.
+        ``inplace``: the pipeline's own ``labels`` may be changed (no full-size copies)."""
         from .confidence import refine_labels
 
         return refine_labels(labels, volume.spacing, anatomy=self.anatomy, sure=sure,
-                             mapping={} if plan is None else plan.kernel_mapping(), connectivity=self.connectivity)
-
-    def _sure_floor(self) -> float | None:
-        """The tumor log-odds a lesion must reach somewhere, or None when every lesion is kept."""
-        from .confidence import log_odds_floor
-
-        return log_odds_floor(self.min_lesion_confidence)
+                             mapping={} if plan is None else plan.kernel_mapping(), connectivity=self.connectivity,
+                             inplace=inplace)
 
     # -- CPU path ---------------------------------------------------------------------------------
     def _run_cpu(
