@@ -352,7 +352,10 @@ def bench_runtime(
     finally:
         seg.close()
 
-    result: dict[str, Any] = {"runtime": runtime, "model": str(model), "agreement": agree}
+    shown = Path(model).resolve()
+    root = Path(__file__).resolve().parents[1]
+    result: dict[str, Any] = {"runtime": runtime, "agreement": agree,
+                              "model": str(shown.relative_to(root)) if shown.is_relative_to(root) else shown.name}
     for side, runs in sides.items():
         result[side] = {
             "stages_median_s": _median_stages([r["times"] for r in runs]),
