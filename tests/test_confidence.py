@@ -123,3 +123,9 @@ def test_segmenter_rejects_a_bad_confidence(bad):
 
     with pytest.raises(ValueError, match="min_lesion_confidence"):
         Segmenter(device="cpu", min_lesion_confidence=bad)
+
+
+def test_sure_tumor_takes_a_cpu_torch_tensor_like_an_array():
+    torch = pytest.importorskip("torch")
+    logits = np.random.default_rng(5).standard_normal((2, 3, 9, 7)).astype(np.float32) * 5
+    np.testing.assert_array_equal(sure_tumor(torch.from_numpy(logits), 1.0), sure_tumor(logits, 1.0))

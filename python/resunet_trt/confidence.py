@@ -80,9 +80,14 @@ def sure_tumor(logits: Any, min_log_odds: float) -> Any:
     (see :func:`log_odds_floor`); the same as ``softmax(logits)[:, tumor] >= p``, without overflow. numpy or CuPy
     in, the same kind out (float16 logits are computed in float32).
     """
+    from . import _device
+
+    if _device.is_cuda_array(logits):  # CuPy, or a torch/DLPack CUDA tensor from a backend
+        logits, xp = _device.as_cupy(logits), _device.cupy()
+    else:
+        logits, xp = np.asarray(logits), np
     if logits.ndim != 4 or logits.shape[1] <= TUMOR_CLASS:
         raise ValueError(f"logits must be (N, C, h, w) with C > {TUMOR_CLASS}, got shape {tuple(logits.shape)}")
-    xp = _array_module(logits)
     values = logits.astype(xp.float32, copy=False)
     tumor = values[:, TUMOR_CLASS]
     others = [values[:, c] for c in range(values.shape[1]) if c != TUMOR_CLASS]
@@ -160,10 +165,3 @@ def drop_unsure_lesions(
     logger.info("%d lesion(s) without a pixel the network was sure of became liver", int(unsure.size))
     return out, int(unsure.size)
 
-
-def _array_module(a: Any) -> Any:
-    if type(a).__module__.split(".")[0] == "cupy":
-        from ._device import cupy
-
-        return cupy()
-    return np

@@ -129,7 +129,8 @@ def run_gpu(
             copy.synchronize()
         t_device = time.perf_counter() - t_wall
         t0 = time.perf_counter()
-        refined = seg._refine(labels, volume, sure, vplan, inplace=True)  # on the host: a rare case, and the labels are here already
+        # The rules after the argmax run on the host, on the labels already brought down.
+        refined = seg._refine(labels, volume, sure, vplan, inplace=True)
         if refined is not None:
             labels = refined
             stats = kernels.lesion_stats(labels, connectivity=seg.connectivity)
