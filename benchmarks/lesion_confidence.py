@@ -38,16 +38,10 @@ def _cases() -> list[tuple[str, Path, Path | None]]:
     return cases
 
 
-def _nearest(n_out: int, n_in: int, step: float | None, origin: float) -> np.ndarray:
-    """For each output pixel, the index of the nearest network pixel (the decode's mapping, rounded)."""
-    y = np.arange(n_out, dtype=np.float64) + 0.5
-    src = y * (n_in / n_out) - 0.5 if step is None else (y - origin) / step - 0.5
-    return np.clip(np.rint(src), 0, n_in - 1).astype(np.int64)
-
-
 def lesion_confidences(seg, volume, truth: np.ndarray | None = None) -> list[dict]:
     """One dict per reported lesion >= 0.1 mL: volume_ml, max and median tumor log-odds, and with ``truth`` (an
     expert 0/1/2 label volume) whether it touches an expert lesion."""
+    from resunet_trt.confidence import nearest_source_index
     from scipy import ndimage
 
     plan = seg._plan(volume)
@@ -62,8 +56,8 @@ def lesion_confidences(seg, volume, truth: np.ndarray | None = None) -> list[dic
     height, width = labels.shape[1:]
     step = (None, None) if plan.step is None else tuple(plan.step)
     origin = (0.0, 0.0) if plan.step is None else tuple(plan.origin)
-    rows = _nearest(height, odds.shape[1], step[0], origin[0])
-    cols = _nearest(width, odds.shape[2], step[1], origin[1])
+    rows = nearest_source_index(height, odds.shape[1], step[0], origin[0])
+    cols = nearest_source_index(width, odds.shape[2], step[1], origin[1])
     comps, _ = ndimage.label(labels == 2, structure=np.ones((3, 3, 3), bool))
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     out = []
@@ -93,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     from resunet_trt.backends import default_model_path
 
     model = args.model or str(default_model_path("pt"))
-    seg = Segmenter(model=model, device="cpu", backend="torch" if model.endswith(".pt") else "auto")
+    # Every lesion the argmax makes: the confidence floor itself is what this measures for.
+    seg = Segmenter(model=model, device="cpu", backend="torch" if model.endswith(".pt") else "auto",
+                    min_lesion_confidence=0.0)
     shown = Path(model).resolve()
     report = {"model": str(shown.relative_to(ROOT)) if shown.is_relative_to(ROOT) else shown.name, "cases": {}}
     for name, ct, label in _cases():
