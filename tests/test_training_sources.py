@@ -248,3 +248,64 @@ def test_dark_vessel_augmentation_inverts_only_bright_liver_voxels():
     untouched = liver[None] & (image <= m + VESSEL_MARGIN)
     np.testing.assert_array_equal(out[untouched], image[untouched])
     assert darken_vessels(image, np.zeros_like(liver), strength=1.0) is image
+
+
+def _slice_set(root: Path, names: list[str]) -> Path:
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, name in enumerate(names):
+        img = np.full((16, 16), i * 10, np.uint8)  # each slice identifiable by its value
+        Image.fromarray(img).save(root / "images" / name)
+        Image.fromarray(np.where(np.arange(16)[None, :] < i + 1, 255, 0).astype(np.uint8).repeat(16, 0)).save(
+            root / "masks" / name)
+    return root
+
+
+def test_slice_set_folds_split_by_patient(tmp_path):
+    # patients 10, 11, 15, 20, 23 across both orientation prefixes; fold 0 of 5 = patients 10, 15, 20
+    names = ["flipped_10_1.png", "flipped_11_4.png", "mirrored_10_9.png", "mirrored_15_2.png",
+             "flipped_20_3.png", "mirrored_23_8.png"]
+    folder = _slice_set(tmp_path / "set", names)
+    by_value = {i * 10: n for i, n in enumerate(names)}
+    csv = _write_csv(tmp_path / "c.csv", "image,label,kind,label_map,spacing,slices,weight,fold\n"
+                     f"{folder},,,,,,0.5,!0/5\n{folder},,,,,,,0/5\n")
+    train, held = read_case_list(csv)
+    assert train.fold == (0, 5, False) and held.fold == (0, 5, True) and train.weight == 0.5
+    seen = {by_value[int(v)] for v in load_case(train).hu[:, 0, 0]}
+    unseen = {by_value[int(v)] for v in load_case(held).hu[:, 0, 0]}
+    assert seen == {"flipped_11_4.png", "mirrored_23_8.png"}
+    assert unseen == {"flipped_10_1.png", "mirrored_10_9.png", "mirrored_15_2.png", "flipped_20_3.png"}
+    # labels travel with their slices
+    for case in (load_case(train), load_case(held)):
+        for hu, lab in zip(case.hu, case.labels):
+            i = int(hu[0, 0]) // 10
+            assert int(lab.sum()) == 16 * (i + 1)
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("0/1", "fold must be"), ("5/5", "fold must be"), ("a/5", "fold must be"), ("05", "fold must be"),
+])
+def test_bad_folds_are_named(tmp_path, cell, message):
+    folder = _slice_set(tmp_path / "set", ["flipped_1_1.png"])
+    csv = _write_csv(tmp_path / "c.csv", f"image,label,kind,label_map,spacing,slices,weight,fold\n{folder},,,,,,,{cell}\n")
+    with pytest.raises(ValueError, match=message) as err:
+        read_case_list(csv)
+    assert "entry 1" in str(err.value)
+
+
+def test_fold_of_a_volume_or_of_no_slices_is_refused(tmp_path):
+    ct = DATA / "totalseg_abdomen3mm" / "ct.nii.gz"
+    label = DATA / "totalseg_abdomen3mm" / "liver_pseudolabel.nii.gz"
+    csv = _write_csv(tmp_path / "c.csv", f"image,label,kind,label_map,spacing,slices,weight,fold\n{ct},{label},,,,,,1/5\n")
+    with pytest.raises(ValueError, match="not a volume"):
+        read_case_list(csv)
+    folder = _slice_set(tmp_path / "set", ["flipped_1_1.png", "flipped_6_1.png"])
+    csv = _write_csv(tmp_path / "d.csv", f"image,label,kind,label_map,spacing,slices,weight,fold\n{folder},,,,,,,2/5\n")
+    with pytest.raises(ValueError, match="selects none"):
+        load_case(read_case_list(csv)[0])
+    bad = _slice_set(tmp_path / "bad", ["flipped_x_1.png"])
+    csv = _write_csv(tmp_path / "e.csv", f"image,label,kind,label_map,spacing,slices,weight,fold\n{bad},,,,,,,0/5\n")
+    with pytest.raises(ValueError, match="patient number"):
+        load_case(read_case_list(csv)[0])

@@ -16,7 +16,8 @@ A case list may also say, per case, what a plain label file cannot: ``label_map`
 value becomes liver, everything else background), ``spacing`` (``"1.4 1.4 1.4"``: a header known to be wrong),
 ``slices`` (``"42:51"``: only these canonical slices, e.g. a thorax without liver), ``weight`` (sampling weight of
 each of its slices) and the kind ``negative`` (no label file: every voxel is background, e.g. thorax slices above
-the liver, where the heart must not be called liver).
+the liver, where the heart must not be called liver), and for a slice set ``fold`` (``"0/5"``: only the
+patients whose number is 0 modulo 5; ``"!0/5"``: all the others), which holds patients out of training.
 
 Volumes come through ``resunet_trt.io.load_ct``/``load_label`` in the canonical (D, H, W) orientation, and every
 case is turned into network input by ``resunet_trt.kernels.preprocess`` — the op that inference runs — once, at
@@ -78,11 +79,20 @@ class Case:
 _SLICE_SET_ROTATIONS = {"flipped": 1, "mirrored": -1}
 
 
+def slice_patient(file_name: str) -> int:
+    """The patient number of a slice-set file, ``<orientation>_<patient>_<slice>.jpg``."""
+    parts = file_name.split("_")
+    if len(parts) < 3 or not parts[1].isdigit():
+        raise ValueError(f"{file_name}: expected <orientation>_<patient number>_<slice> in a slice-set file name")
+    return int(parts[1])
+
+
 def load_slice_set(spec: CaseSpec) -> Case:
     """Read a folder of 2D slices: pixel value = HU clipped to 0..255, mask > 127 = liver (or tumor).
 
     Slices are turned to the canonical view by their file-name prefix (files of an unknown prefix are an error,
-    not guessed), stacked as unrelated slices of one case.
+    not guessed), stacked as unrelated slices of one case. ``spec.fold`` keeps or leaves out one patient fold
+    (:func:`slice_patient` modulo n), so that a model can be scored on patients it never saw.
     """
     from PIL import Image
 
@@ -90,6 +100,11 @@ def load_slice_set(spec: CaseSpec) -> Case:
     files = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         raise ValueError(f"{folder}/images: no .jpg or .png slices")
+    if spec.fold is not None:
+        k, n, keep = spec.fold
+        files = [f for f in files if (slice_patient(f.name) % n == k) == keep]
+        if not files:
+            raise ValueError(f"{folder}: fold {spec.fold} selects none of its slices")
     hu, labels = [], []
     for f in files:
         prefix = f.name.split("_", 1)[0]
@@ -458,6 +473,7 @@ __all__ = [
     "read_case_list",
     "resize_labels_nearest",
     "sample_slices",
+    "slice_patient",
     "slice_set_case",
     "split_cases",
 ]

@@ -39,12 +39,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resunet_trt.case_columns import (
+    CASE_LIST_COLUMNS,
+    parse_fold,
+    parse_label_map,
+    parse_slices,
+    parse_spacing,
+)
+
 logger = logging.getLogger(__name__)
 
 #: NIfTI file suffixes, the longer first so that ``.nii.gz`` is stripped whole.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LABEL_KINDS = ("full", "liver_only", "negative")
-CASE_LIST_COLUMNS = ("image", "label", "kind", "label_map", "spacing", "slices", "weight")
 
 _LABEL_WORDS = ("segmentation", "labels", "label", "mask", "seg", "gt", "pred", "prediction")
 _IMAGE_WORDS = ("volume", "ct", "image", "img", "0000")
@@ -93,6 +100,9 @@ class CaseSpec:
         slices: (start, stop) canonical slices to keep, or None for all.
         weight: sampling weight of each of the case's slices (1.0: like any other slice).
         slice_set: a folder of 2D slices (``images/`` + ``masks/`` JPEGs) rather than a volume.
+        fold: slice sets only: ``(k, n, keep)`` splits the slices by patient (the number in the file name after
+            the orientation prefix, modulo ``n``): ``keep`` True keeps only fold ``k``, False leaves it out.
+            None keeps every slice.
     """
 
     name: str
@@ -104,6 +114,7 @@ class CaseSpec:
     slices: tuple[int, int] | None = None
     weight: float = 1.0
     slice_set: bool = False
+    fold: tuple[int, int, bool] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in LABEL_KINDS:
@@ -112,6 +123,11 @@ class CaseSpec:
             raise ValueError(f"case {self.name}: a label file is needed unless the kind is 'negative'")
         if not (self.weight > 0 and math.isfinite(self.weight)):
             raise ValueError(f"case {self.name}: weight must be > 0, got {self.weight}")
+        if self.fold is not None:
+            if not self.slice_set:
+                raise ValueError(f"case {self.name}: a fold splits a folder of 2D slices by patient, not a volume")
+            if not (self.fold[1] >= 2 and 0 <= self.fold[0] < self.fold[1]):
+                raise ValueError(f"case {self.name}: fold must be k of n with n >= 2 and 0 <= k < n, got {self.fold}")
 
 
 def _index_by_stem(folder: Path, pattern: re.Pattern[str]) -> dict[str, Path]:
@@ -166,44 +182,6 @@ def find_msd(folder: str | Path) -> list[CaseSpec]:
     return _pair(images, labels, prefix="msd-", where=lab_dir)
 
 
-CASE_LIST_COLUMNS = ("image", "label", "kind", "label_map", "spacing", "slices", "weight")
-
-
-def _parse_label_map(text: str, where: str) -> tuple[tuple[int, int], ...]:
-    pairs = []
-    for item in text.replace(",", " ").split():
-        value, _, cls = item.partition(":")
-        try:
-            pair = (int(value), int(cls))
-        except ValueError:
-            raise ValueError(f"{where}: label_map must be 'value:class' pairs like '5:1', got {text!r}") from None
-        if pair[1] not in (0, 1, 2):
-            raise ValueError(f"{where}: label_map classes must be 0, 1 or 2, got {text!r}")
-        pairs.append(pair)
-    return tuple(pairs)
-
-
-def _parse_spacing(text: str, where: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.replace(",", " ").split())
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(0 < v < 100 for v in values):
-        raise ValueError(f"{where}: spacing must be three sizes in mm 'dz dy dx', got {text!r}")
-    return values  # type: ignore[return-value]
-
-
-def _parse_slices(text: str, where: str) -> tuple[int, int]:
-    start, sep, stop = text.partition(":")
-    try:
-        out = (int(start) if start.strip() else 0, int(stop) if stop.strip() else 1 << 30)
-    except ValueError:
-        out = (0, 0)
-    if not sep or out[0] < 0 or out[1] <= out[0]:
-        raise ValueError(f"{where}: slices must be 'start:stop' with 0 <= start < stop, got {text!r}")
-    return out
-
-
 def read_case_list(path: str | Path) -> list[CaseSpec]:
     """A CSV/list of ``image,label[,kind]`` lines (``#`` comments), or a CSV whose header names any of
     :data:`CASE_LIST_COLUMNS` (``image`` is required; see :class:`CaseSpec` for the others).
@@ -242,10 +220,11 @@ def read_case_list(path: str | Path) -> list[CaseSpec]:
         )
         specs.append(dataclasses.replace(
             spec,
-            label_map=_parse_label_map(cells["label_map"], where) if cells.get("label_map") else None,
-            spacing=_parse_spacing(cells["spacing"], where) if cells.get("spacing") else None,
-            slices=_parse_slices(cells["slices"], where) if cells.get("slices") else None,
+            label_map=parse_label_map(cells["label_map"], where) if cells.get("label_map") else None,
+            spacing=parse_spacing(cells["spacing"], where) if cells.get("spacing") else None,
+            slices=parse_slices(cells["slices"], where) if cells.get("slices") else None,
             weight=float(cells["weight"]) if cells.get("weight") else 1.0,
+            fold=parse_fold(cells["fold"], where) if cells.get("fold") else None,
         ))
     if not specs:
         raise ValueError(f"{path}: the case list is empty")
