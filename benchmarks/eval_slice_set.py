@@ -32,13 +32,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def slice_set_fold(folder: Path, fold: str) -> tuple[np.ndarray, np.ndarray, list[int], tuple[float, float, float]]:
-    """(hu, liver mask, patient number per slice, spacing) of one patient fold, as training loads it."""
+def slice_set_fold(
+    folder: Path, fold: str, zero_hu: str | None = None
+) -> tuple[np.ndarray, np.ndarray, list[int], tuple[float, float, float]]:
+    """(hu, liver mask, patient number per slice, spacing) of one patient fold, as training loads it (``zero_hu``:
+    the case-list cell that gives the clipped zeros back air and fat, as the model was trained)."""
     sys.path.insert(0, str(ROOT))
-    from resunet_trt.datasets import parse_fold, slice_set_case
+    from resunet_trt.datasets import parse_fold, parse_zero_hu, slice_set_case
     from training.data import SLICE_SET_SPACING, load_slice_set, slice_patient
 
-    spec = dataclasses.replace(slice_set_case(folder), fold=parse_fold(fold))
+    spec = dataclasses.replace(slice_set_case(folder), fold=parse_fold(fold),
+                               zero_hu=parse_zero_hu(zero_hu, "--zero-hu") if zero_hu else None)
     case = load_slice_set(spec)
     k, n, keep = spec.fold  # type: ignore[misc]
     files = sorted(p.name for p in (folder / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -79,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fold", default="0/5", help="the patient fold to score: 'k/n' (patient number modulo n == k)")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "msd_liver_2d",
                    help="the slice set folder (images/ + masks/)")
+    p.add_argument("--zero-hu", metavar="OUTSIDE:INSIDE",
+                   help="give the clipped zeros these HU outside and inside the body, as a model trained with the "
+                        "case-list cell zero_hu saw the slices (e.g. -1000:-100)")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     if args.fold.startswith("!"):
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from resunet_trt import Segmenter
     from resunet_trt import io as rio
 
-    hu, ref, patients, spacing = slice_set_fold(args.data, args.fold)
+    hu, ref, patients, spacing = slice_set_fold(args.data, args.fold, args.zero_hu)
     pred = np.zeros_like(ref)
     t0 = time.perf_counter()
     with Segmenter(model=args.model, device="cpu", backend=args.backend) as seg:
@@ -100,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                                   source=f"{args.data.name}[{i}]")
             pred[i] = seg.segment(volume).labels[0] > 0
         info = {"model": str(args.model), "backend": seg.backend.name, "precision": seg.backend.precision,
-                "fold": args.fold, "spacing_mm": list(spacing), "seconds": round(time.perf_counter() - t0, 1),
+                "fold": args.fold, "zero_hu": args.zero_hu, "spacing_mm": list(spacing), "seconds": round(time.perf_counter() - t0, 1),
                 "train_cases": training.get("train_cases", []), "command": " ".join(sys.argv)}
     result = score(pred, ref, patients)
     print(f"{args.model}: fold {args.fold}, {result['patients']} patients, {result['slices']} slices: liver Dice "

@@ -4,8 +4,10 @@
 # (benchmarks/eval_slice_set.py). The shipped model trains on every patient; this run measures its recipe.
 #   scripts/msd_fold_chain.sh                       fold 0 of 5, the recipe as shipped -> runs/msd_fold0
 #   FOLD=1 MSD_WEIGHT=0.6 PREFIX=runs/x scripts/msd_fold_chain.sh   another fold, MSD slices weighted 0.6 per slice
-# Each phase's case list is the shipped one with the slice-set row given "fold=!FOLD/5" (and MSD_WEIGHT if set);
-# the lists are written into the run folder with absolute paths.
+#   ZERO_HU=-1000:-100 PREFIX=runs/msd_fold0_zero_hu scripts/msd_fold_chain.sh   the slices' clipped zeros given back
+#                                                   as air outside the body and fat inside it (case-list zero_hu)
+# Each phase's case list is the shipped one with the slice-set row given "fold=!FOLD/5" (and MSD_WEIGHT, ZERO_HU
+# if set); the lists are written into the run folder with absolute paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python}
@@ -16,13 +18,13 @@ mkdir -p "$prefix"
 
 # case list with the MSD patients of fold $fold left out: $1 the shipped list, $2 the output
 held_out_list() {
-  "$python" - "$1" "$2" "$fold" "${MSD_WEIGHT:-}" <<'PY'
+  "$python" - "$1" "$2" "$fold" "${MSD_WEIGHT:-}" "${ZERO_HU:-}" <<'PY'
 import csv, sys
 from pathlib import Path
-src, dst, fold, weight = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+src, dst, fold, weight, zero_hu = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 rows = [r for r in csv.reader(src.open(newline="")) if r and not r[0].lstrip().startswith("#")]
 header, body = rows[0], rows[1:]
-header = header + ["fold"] if "fold" not in header else header
+header = header + [c for c in ("fold", "zero_hu") if c not in header]
 out, found = [], 0
 for r in body:
     cells = dict(zip(header, r + [""] * (len(header) - len(r))))
@@ -32,6 +34,7 @@ for r in body:
     if (Path(cells["image"]) / "images").is_dir():  # the slice set
         cells["fold"] = f"!{fold}/5"
         cells["weight"] = weight or cells["weight"]
+        cells["zero_hu"] = zero_hu
         found += 1
     out.append([cells[c] for c in header])
 if found != 1:

@@ -309,3 +309,47 @@ def test_fold_of_a_volume_or_of_no_slices_is_refused(tmp_path):
     csv = _write_csv(tmp_path / "e.csv", f"image,label,kind,label_map,spacing,slices,weight,fold\n{bad},,,,,,,0/5\n")
     with pytest.raises(ValueError, match="patient number"):
         load_case(read_case_list(csv)[0])
+
+
+def test_unclip_zeros_gives_air_outside_the_body_and_fat_inside():
+    from training.data import body_mask, unclip_zeros
+
+    yy, xx = np.mgrid[:64, :64]
+    body = (yy - 32) ** 2 / 26**2 + (xx - 32) ** 2 / 20**2 <= 1  # an ellipse of "soft tissue"
+    pixels = np.where(body, 60, 0).astype(np.uint8)
+    fat = body & ((yy - 32) ** 2 + (xx - 32) ** 2 <= 8**2)
+    pixels[fat] = 0  # fat clipped to 0, surrounded by tissue
+    pixels[fat & (xx == 32)] = 2  # JPEG noise in it
+    pixels[2, 2] = 1  # noise in the air
+    pixels[62, 2] = 200  # a speck far outside the body (the table): not body
+    hu = unclip_zeros(pixels, -1000, -100)
+    mask = body_mask(pixels)
+    np.testing.assert_array_equal(mask, body)
+    assert (hu[~body] == -1000).all()
+    assert (hu[fat] == -100).all()
+    assert (hu[body & ~fat] == 60).all()
+    assert hu.dtype == np.int16
+
+
+def test_zero_hu_reaches_the_loaded_slices(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    (tmp_path / "set" / "masks").mkdir()
+    yy, xx = np.mgrid[:32, :32]
+    img = np.where((yy - 16) ** 2 + (xx - 16) ** 2 <= 12**2, 90, 0).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "set" / "images" / "flipped_3_1.png")
+    Image.fromarray(img).save(tmp_path / "set" / "masks" / "flipped_3_1.png")
+    head = "image,label,kind,label_map,spacing,slices,weight,fold,zero_hu\n"
+    plain, unclipped = read_case_list(_write_csv(tmp_path / "c.csv", head + f"{tmp_path / 'set'}\n"
+                                                 f"{tmp_path / 'set'},,,,,,,,-1000:-50\n"))
+    assert plain.zero_hu is None and unclipped.zero_hu == (-1000, -50)
+    a, b = load_case(plain).hu[0], load_case(unclipped).hu[0]
+    np.testing.assert_array_equal(b, np.rot90(np.where(img > 0, 90, -1000), 1))
+    np.testing.assert_array_equal(a, np.rot90(img, 1))
+    for cell in ("-1000", "5:-100", "-1000:x", "-2000:-100"):
+        with pytest.raises(ValueError, match="zero_hu must be"):
+            read_case_list(_write_csv(tmp_path / "d.csv", head + f"{tmp_path / 'set'},,,,,,,,{cell}\n"))
+    ct = DATA / "totalseg_abdomen3mm" / "ct.nii.gz"
+    with pytest.raises(ValueError, match="not a volume"):
+        read_case_list(_write_csv(tmp_path / "e.csv", head + f"{ct},{ct},,,,,,,-1000:-100\n"))

@@ -17,7 +17,8 @@ value becomes liver, everything else background), ``spacing`` (``"1.4 1.4 1.4"``
 ``slices`` (``"42:51"``: only these canonical slices, e.g. a thorax without liver), ``weight`` (sampling weight of
 each of its slices) and the kind ``negative`` (no label file: every voxel is background, e.g. thorax slices above
 the liver, where the heart must not be called liver), and for a slice set ``fold`` (``"0/5"``: only the
-patients whose number is 0 modulo 5; ``"!0/5"``: all the others), which holds patients out of training.
+patients whose number is 0 modulo 5; ``"!0/5"``: all the others), which holds patients out of training, and
+``zero_hu`` (``"-1000:-100"``: the HU that the set's clipped zeros get outside the body and inside it).
 
 Volumes come through ``resunet_trt.io.load_ct``/``load_label`` in the canonical (D, H, W) orientation, and every
 case is turned into network input by ``resunet_trt.kernels.preprocess`` — the op that inference runs — once, at
@@ -87,12 +88,39 @@ def slice_patient(file_name: str) -> int:
     return int(parts[1])
 
 
+def body_mask(pixels: np.ndarray) -> np.ndarray:
+    """The body of an 8-bit slice (pixel = HU clipped to 0..255): pixels above 5, closed over ~1 cm, holes filled,
+    largest component."""
+    from scipy import ndimage
+
+    pad = 7  # the closing reaches 6 pixels: padded, so that a body touching the image edge is not eroded there
+    mask = np.pad(pixels > 5, pad)
+    mask = ndimage.binary_closing(mask, structure=np.ones((7, 7), bool), iterations=2)[pad:-pad, pad:-pad]
+    mask = ndimage.binary_fill_holes(mask)
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(lab.ravel())[1:]
+    return lab == 1 + int(np.argmax(sizes))
+
+
+def unclip_zeros(pixels: np.ndarray, outside: int, inside: int) -> np.ndarray:
+    """int16 HU of an 8-bit slice whose HU were clipped at 0: pixels of 0-2 (0 and JPEG noise) become ``outside``
+    beyond the body and ``inside`` within it (air and fat, which clipping made water); the rest keep their value."""
+    hu = pixels.astype(np.int16)
+    body = body_mask(pixels)
+    hu[~body] = outside
+    hu[body & (pixels <= 2)] = inside
+    return hu
+
+
 def load_slice_set(spec: CaseSpec) -> Case:
     """Read a folder of 2D slices: pixel value = HU clipped to 0..255, mask > 127 = liver (or tumor).
 
     Slices are turned to the canonical view by their file-name prefix (files of an unknown prefix are an error,
     not guessed), stacked as unrelated slices of one case. ``spec.fold`` keeps or leaves out one patient fold
-    (:func:`slice_patient` modulo n), so that a model can be scored on patients it never saw.
+    (:func:`slice_patient` modulo n), so that a model can be scored on patients it never saw; ``spec.zero_hu``
+    gives the clipped zeros back a CT's air and fat (:func:`unclip_zeros`).
     """
     from PIL import Image
 
@@ -118,7 +146,7 @@ def load_slice_set(spec: CaseSpec) -> Case:
         if image.shape != mask.shape:
             raise ValueError(f"{mask_file}: shape {mask.shape} differs from its slice's {image.shape}")
         k = _SLICE_SET_ROTATIONS[prefix]
-        hu.append(np.rot90(image, k).astype(np.int16))
+        hu.append(np.rot90(image if spec.zero_hu is None else unclip_zeros(image, *spec.zero_hu), k).astype(np.int16))
         labels.append(np.rot90(mask > 127, k).astype(np.uint8))
     shapes = {a.shape for a in hu}
     if len(shapes) != 1:
@@ -474,6 +502,7 @@ __all__ = [
     "resize_labels_nearest",
     "sample_slices",
     "slice_patient",
+    "unclip_zeros",
     "slice_set_case",
     "split_cases",
 ]

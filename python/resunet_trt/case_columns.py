@@ -3,7 +3,7 @@ optional cell's text becomes a value. Every parser raises ValueError naming ``wh
 
 from __future__ import annotations
 
-CASE_LIST_COLUMNS = ("image", "label", "kind", "label_map", "spacing", "slices", "weight", "fold")
+CASE_LIST_COLUMNS = ("image", "label", "kind", "label_map", "spacing", "slices", "weight", "fold", "zero_hu")
 
 
 def parse_label_map(text: str, where: str) -> tuple[tuple[int, int], ...]:
@@ -58,4 +58,17 @@ def parse_fold(text: str, where: str = "fold") -> tuple[int, int, bool]:
     return out
 
 
-__all__ = ["CASE_LIST_COLUMNS", "parse_fold", "parse_label_map", "parse_slices", "parse_spacing"]
+def parse_zero_hu(text: str, where: str) -> tuple[int, int]:
+    """``"-1000:-100"`` -> (outside, inside): the HU that a slice set's clipped zeros stand for outside the body and
+    inside it (each in -1024..0)."""
+    outside, sep, inside = text.partition(":")
+    try:
+        out = (int(outside), int(inside))
+    except ValueError:
+        out = (1, 1)
+    if not sep or not all(-1024 <= v <= 0 for v in out):
+        raise ValueError(f"{where}: zero_hu must be 'outside:inside' HU in -1024..0 like '-1000:-100', got {text!r}")
+    return out
+
+
+__all__ = ["CASE_LIST_COLUMNS", "parse_fold", "parse_label_map", "parse_slices", "parse_spacing", "parse_zero_hu"]

@@ -45,6 +45,7 @@ from resunet_trt.case_columns import (
     parse_label_map,
     parse_slices,
     parse_spacing,
+    parse_zero_hu,
 )
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class CaseSpec:
         fold: slice sets only: ``(k, n, keep)`` splits the slices by patient (the number in the file name after
             the orientation prefix, modulo ``n``): ``keep`` True keeps only fold ``k``, False leaves it out.
             None keeps every slice.
+        zero_hu: slice sets only: ``(outside, inside)``: the HU given to pixels of value 0-2 (HU clipped at 0)
+            outside the body and inside it, so that air and fat look as they do in a CT; None keeps them at 0.
     """
 
     name: str
@@ -115,6 +118,7 @@ class CaseSpec:
     weight: float = 1.0
     slice_set: bool = False
     fold: tuple[int, int, bool] | None = None
+    zero_hu: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in LABEL_KINDS:
@@ -123,6 +127,8 @@ class CaseSpec:
             raise ValueError(f"case {self.name}: a label file is needed unless the kind is 'negative'")
         if not (self.weight > 0 and math.isfinite(self.weight)):
             raise ValueError(f"case {self.name}: weight must be > 0, got {self.weight}")
+        if self.zero_hu is not None and not self.slice_set:
+            raise ValueError(f"case {self.name}: zero_hu is for a folder of 8-bit slices, not a volume")
         if self.fold is not None:
             if not self.slice_set:
                 raise ValueError(f"case {self.name}: a fold splits a folder of 2D slices by patient, not a volume")
@@ -225,6 +231,7 @@ def read_case_list(path: str | Path) -> list[CaseSpec]:
             slices=parse_slices(cells["slices"], where) if cells.get("slices") else None,
             weight=float(cells["weight"]) if cells.get("weight") else 1.0,
             fold=parse_fold(cells["fold"], where) if cells.get("fold") else None,
+            zero_hu=parse_zero_hu(cells["zero_hu"], where) if cells.get("zero_hu") else None,
         ))
     if not specs:
         raise ValueError(f"{path}: the case list is empty")
