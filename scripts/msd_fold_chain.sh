@@ -6,6 +6,7 @@
 #   FOLD=1 MSD_WEIGHT=0.6 PREFIX=runs/x scripts/msd_fold_chain.sh   another fold, MSD slices weighted 0.6 per slice
 #   ZERO_HU=-1000:-100 PREFIX=runs/msd_fold0_zero_hu scripts/msd_fold_chain.sh   the slices' clipped zeros given back
 #                                                   as air outside the body and fat inside it (case-list zero_hu)
+#   FOLD=none ZERO_HU=... PREFIX=runs/y scripts/msd_fold_chain.sh   every patient (no fold held out): a model to ship
 # Each phase's case list is the shipped one with the slice-set row given "fold=!FOLD/5" (and MSD_WEIGHT, ZERO_HU
 # if set); the lists are written into the run folder with absolute paths.
 set -euo pipefail
@@ -32,7 +33,7 @@ for r in body:
         if cells[col]:
             cells[col] = str((src.parent / cells[col]).resolve())
     if (Path(cells["image"]) / "images").is_dir():  # the slice set
-        cells["fold"] = f"!{fold}/5"
+        cells["fold"] = "" if fold == "none" else f"!{fold}/5"
         cells["weight"] = weight or cells["weight"]
         cells["zero_hu"] = zero_hu
         found += 1
