@@ -2,8 +2,9 @@
 # Rebuild the bundled default model from scratch, as it was made (training/configs/default_model.yaml and
 # default_model_phase2/3_lowres/4/6_swa.yaml say which data and why), export its ONNX variants, score it on the held-out
 # sample and on every real case, and run the ablations (lits117_roi128 held out: synthetic tumors only; the phase-1
-# recipe without synthetic tumors, without the MSD slices, without the TotalSegmentator cases).
-#   scripts/make_default_model.sh              train + export + evaluate (about 3.5 h on a 2-core CPU)
+# recipe without synthetic tumors, without the MSD slices, without the TotalSegmentator cases; the whole chain without
+# one fold of the MSD slice patients, scored on them).
+#   scripts/make_default_model.sh              train + export + evaluate (about 6 h on a 2-core CPU)
 #   SKIP_TRAIN=1 scripts/make_default_model.sh export + evaluate the existing runs/default_model_phase6_swa
 #   SKIP_ABLATION=1 ...                         without the ablation training runs
 # The shared data folder (shared/data beside the repository) must be there: the training cases list reads it.
@@ -35,6 +36,11 @@ if [ -z "${SKIP_TRAIN:-}" ]; then
         --override "init_from=$prev/last.pt"
       prev="runs/no_synthetic_$phase"
     done
+    # the whole chain without one fold of the MSD slice patients (their liver scored below), as shipped and with the
+    # slices' clipped zeros given back air and fat, and the latter on every patient
+    FOLD=0 PREFIX=runs/msd_fold0 scripts/msd_fold_chain.sh
+    FOLD=0 ZERO_HU=-1000:-100 PREFIX=runs/msd_fold0_zero_hu scripts/msd_fold_chain.sh
+    FOLD=none ZERO_HU=-1000:-100 PREFIX=runs/zero_hu_all scripts/msd_fold_chain.sh
   fi
 fi
 cp "$run/last.pt" "$out/resunet_default.pt"
@@ -82,3 +88,24 @@ done
 # Phase 6 without the averaging: its plain last epoch (best.pt: the last validation, val.select_best is false).
 "$python" benchmarks/eval_real_cases.py --model runs/default_model_phase6_swa/best.pt --backend torch --min-lesion-confidence 0 \
   --json benchmarks/results/real_cases_phase6_plain_epoch24.json
+
+# The MSD slice patients of fold 0 (model card: "Unseen patients"): the bundled model (it saw them), the fold chains
+# (they did not), the phase-1 recipe without any MSD slice on the slices as stored and with air and fat given back.
+"$python" benchmarks/eval_slice_set.py --model "$out/resunet_default.pt" --json benchmarks/results/msd_fold0_default_pt_seen.json
+if [ -f runs/ablation_no_msd2d/last.pt ]; then
+  "$python" benchmarks/eval_slice_set.py --model runs/ablation_no_msd2d/last.pt --json benchmarks/results/msd_fold0_ablation_no_msd2d.json
+  "$python" benchmarks/eval_slice_set.py --model runs/ablation_no_msd2d/last.pt --zero-hu=-1000:-100 \
+    --json benchmarks/results/msd_fold0_ablation_no_msd2d_zero_hu_input.json
+fi
+for r in msd_fold0:recipe_fold0: msd_fold0_zero_hu:zero_hu_fold0:-1000:-100 zero_hu_all:zero_hu_all:-1000:-100; do
+  IFS=: read -r dir label zero <<<"$r"
+  [ -f "runs/$dir/phase6/last.pt" ] || continue
+  zero_arg=()
+  [ -n "$zero" ] && zero_arg=(--zero-hu="$zero")
+  "$python" benchmarks/eval_slice_set.py --model "runs/$dir/phase6/last.pt" "${zero_arg[@]}" \
+    --json "benchmarks/results/msd_fold0_$label.json"
+  "$python" benchmarks/eval_real_cases.py --model "runs/$dir/phase6/last.pt" --backend torch \
+    --json "benchmarks/results/real_cases_$label.json"
+  "$python" benchmarks/eval_real_cases.py --model "runs/$dir/phase6/last.pt" --backend torch --min-lesion-confidence 0 \
+    --json "benchmarks/results/real_cases_${label}_no_confidence_floor.json"
+done
