@@ -37,7 +37,8 @@ def slice_set_fold(
 ) -> tuple[np.ndarray, np.ndarray, list[int], tuple[float, float, float]]:
     """(hu, liver mask, patient number per slice, spacing) of one patient fold, as training loads it (``zero_hu``:
     the case-list cell that gives the clipped zeros back air and fat, as the model was trained)."""
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:  # training/ is a folder of the repository, not an installed package
+        sys.path.insert(0, str(ROOT))
     from resunet_trt.datasets import parse_fold, parse_zero_hu, slice_set_case
     from training.data import SLICE_SET_SPACING, load_slice_set, slice_patient
 
@@ -93,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # every one-slice "volume" holds an implausibly small whole liver; the Segmenter's warning says so each time
     logging.getLogger("resunet_trt.segmenter").setLevel(logging.ERROR)
-    sys.path.insert(0, str(ROOT / "python"))
+    try:
+        import resunet_trt  # noqa: F401  (the installed package, with its compiled core)
+    except ImportError:
+        sys.path.insert(0, str(ROOT / "python"))
     from resunet_trt import Segmenter
     from resunet_trt import io as rio
 

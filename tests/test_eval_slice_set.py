@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 MODEL = REPO / "python" / "resunet_trt" / "models" / "default" / "resunet_default.pt"
+
+
+@pytest.fixture(autouse=True)
+def _keep_sys_path(monkeypatch):
+    """The script may put the repository on sys.path; processes spawned by later tests must not inherit it."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
 
 
 def _module():
