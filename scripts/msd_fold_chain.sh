@@ -7,6 +7,7 @@
 #   ZERO_HU=-1000:-100 PREFIX=runs/msd_fold0_zero_hu scripts/msd_fold_chain.sh   the slices' clipped zeros given back
 #                                                   as air outside the body and fat inside it (case-list zero_hu)
 #   FOLD=none ZERO_HU=... PREFIX=runs/y scripts/msd_fold_chain.sh   every patient (no fold held out): a model to ship
+#   FOLD=none SEED=1 PREFIX=runs/seed1 scripts/msd_fold_chain.sh   the shipped recipe again with another seed (its spread)
 # Each phase's case list is the shipped one with the slice-set row given "fold=!FOLD/5" (and MSD_WEIGHT, ZERO_HU
 # if set); the lists are written into the run folder with absolute paths.
 set -euo pipefail
@@ -54,6 +55,7 @@ for step in default_model:phase1:default_model_cases default_model_phase2:phase2
   args=(--config "training/configs/$config.yaml" --no-progress --run-dir "$prefix/$phase"
         --override "data.sources=[$prefix/${phase}_cases.csv]")
   [ -n "$prev" ] && args+=(--override "init_from=$prev/last.pt")
+  [ -n "${SEED:-}" ] && args+=(--override "seed=$SEED")
   if [ -f "$prefix/$phase/last.pt" ] && [ -f "$prefix/$phase/done" ]; then
     echo "== $phase: done already ($prefix/$phase/last.pt)"
   else
