@@ -41,6 +41,8 @@ if [ -z "${SKIP_TRAIN:-}" ]; then
     FOLD=0 PREFIX=runs/msd_fold0 scripts/msd_fold_chain.sh
     FOLD=0 ZERO_HU=-1000:-100 PREFIX=runs/msd_fold0_zero_hu scripts/msd_fold_chain.sh
     FOLD=none ZERO_HU=-1000:-100 PREFIX=runs/zero_hu_all scripts/msd_fold_chain.sh
+    # the shipped recipe again with only the seed changed: how far one run moves the scores
+    FOLD=none SEED=1 PREFIX=runs/seed1 scripts/msd_fold_chain.sh
   fi
 fi
 cp "$run/last.pt" "$out/resunet_default.pt"
@@ -97,7 +99,8 @@ if [ -f runs/ablation_no_msd2d/last.pt ]; then
   "$python" benchmarks/eval_slice_set.py --model runs/ablation_no_msd2d/last.pt --zero-hu=-1000:-100 \
     --json benchmarks/results/msd_fold0_ablation_no_msd2d_zero_hu_input.json
 fi
-for r in msd_fold0:recipe_fold0: msd_fold0_zero_hu:zero_hu_fold0:-1000:-100 zero_hu_all:zero_hu_all:-1000:-100; do
+for r in msd_fold0:recipe_fold0: msd_fold0_zero_hu:zero_hu_fold0:-1000:-100 zero_hu_all:zero_hu_all:-1000:-100 \
+         seed1:seed1:; do
   IFS=: read -r dir label zero <<<"$r"
   [ -f "runs/$dir/phase6/last.pt" ] || continue
   zero_arg=()
