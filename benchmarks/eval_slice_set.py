@@ -40,16 +40,12 @@ def slice_set_fold(
     if str(ROOT) not in sys.path:  # training/ is a folder of the repository, not an installed package
         sys.path.insert(0, str(ROOT))
     from resunet_trt.datasets import parse_fold, parse_zero_hu, slice_set_case
-    from training.data import SLICE_SET_SPACING, load_slice_set, slice_patient
+    from training.data import SLICE_SET_SPACING, load_slice_set, slice_patient, slice_set_files
 
     spec = dataclasses.replace(slice_set_case(folder), fold=parse_fold(fold),
                                zero_hu=parse_zero_hu(zero_hu, "--zero-hu") if zero_hu else None)
     case = load_slice_set(spec)
-    k, n, keep = spec.fold  # type: ignore[misc]
-    files = sorted(p.name for p in (folder / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    patients = [slice_patient(f) for f in files if (slice_patient(f) % n == k) == keep]
-    if len(patients) != case.hu.shape[0]:
-        raise RuntimeError(f"{folder}: {len(patients)} file names for {case.hu.shape[0]} slices")
+    patients = [slice_patient(f.name) for f in slice_set_files(spec)]
     return case.hu, case.labels.astype(bool), patients, SLICE_SET_SPACING
 
 

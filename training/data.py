@@ -114,6 +114,20 @@ def unclip_zeros(pixels: np.ndarray, outside: int, inside: int) -> np.ndarray:
     return hu
 
 
+def slice_set_files(spec: CaseSpec) -> list[Path]:
+    """The image files of a slice set that :func:`load_slice_set` stacks, in its order (``spec.fold`` applied)."""
+    folder = Path(spec.image)
+    files = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise ValueError(f"{folder}/images: no .jpg or .png slices")
+    if spec.fold is not None:
+        k, n, keep = spec.fold
+        files = [f for f in files if (slice_patient(f.name) % n == k) == keep]
+        if not files:
+            raise ValueError(f"{folder}: fold {spec.fold} selects none of its slices")
+    return files
+
+
 def load_slice_set(spec: CaseSpec) -> Case:
     """Read a folder of 2D slices: pixel value = HU clipped to 0..255, mask > 127 = liver (or tumor).
 
@@ -125,14 +139,7 @@ def load_slice_set(spec: CaseSpec) -> Case:
     from PIL import Image
 
     folder = Path(spec.image)
-    files = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not files:
-        raise ValueError(f"{folder}/images: no .jpg or .png slices")
-    if spec.fold is not None:
-        k, n, keep = spec.fold
-        files = [f for f in files if (slice_patient(f.name) % n == k) == keep]
-        if not files:
-            raise ValueError(f"{folder}: fold {spec.fold} selects none of its slices")
+    files = slice_set_files(spec)
     hu, labels = [], []
     for f in files:
         prefix = f.name.split("_", 1)[0]
@@ -502,6 +509,7 @@ __all__ = [
     "resize_labels_nearest",
     "sample_slices",
     "slice_patient",
+    "slice_set_files",
     "unclip_zeros",
     "slice_set_case",
     "split_cases",
